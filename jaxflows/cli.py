@@ -1,0 +1,184 @@
+"""``jaxflows`` command line: data prepare, train, eval, sample, info, table.
+
+Errors the user can fix are printed as one line (``error: ...``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from jaxflows.errors import UserError
+
+USAGE_EXAMPLES = """examples:
+  jaxflows data prepare digits
+  jaxflows train --config experiments/configs/vae_mnist.py:smoke --workdir /tmp/vae
+  jaxflows eval --workdir /tmp/vae
+  jaxflows sample --workdir /tmp/vae --num 64 --out samples.png
+  jaxflows info --config experiments/configs/vae_mnist.py:vae
+  jaxflows table vae_mnist
+"""
+
+DATASETS = ("mnist", "moses", "digits")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxflows", description="Normalizing flows + latent-variable models in JAX/Flax.",
+        epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    data = sub.add_parser("data", help="offline datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data_sub.required = True
+    prep = data_sub.add_parser("prepare", help="build a dataset into the data dir")
+    prep.add_argument("name", choices=DATASETS)
+    prep.add_argument("--data_dir", default=None,
+                      help="default: $JAXFLOWS_DATA_DIR or ~/.cache/jaxflows/datasets")
+
+    def multihost(sp):
+        g = sp.add_argument_group("multi-host")
+        g.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+        g.add_argument("--num_processes", type=int, default=None)
+        g.add_argument("--process_id", type=int, default=None)
+        g.add_argument("--distributed_auto", action="store_true",
+                       help="jax.distributed.initialize() from the cluster environment (TPU VM)")
+
+    tr = sub.add_parser("train", help="train a config (resumes from WORKDIR)",
+                        epilog="extra flags --config.KEY=VALUE override config keys")
+    tr.add_argument("--config", required=True, help="experiments/configs/NAME.py:ROW")
+    tr.add_argument("--workdir", required=True)
+    tr.add_argument("--no_eval", action="store_true", help="skip the final test evaluation")
+    multihost(tr)
+
+    ev = sub.add_parser("eval", help="evaluate WORKDIR's params on the test split")
+    ev.add_argument("--workdir", required=True)
+    ev.add_argument("--split", default=None)
+    multihost(ev)
+
+    sa = sub.add_parser("sample", help="write a PNG grid of samples")
+    sa.add_argument("--workdir", required=True)
+    sa.add_argument("--num", type=int, default=64)
+    sa.add_argument("--out", required=True)
+    sa.add_argument("--guidance", type=float, default=0.0)
+    sa.add_argument("--class", dest="class_label", type=int, default=None)
+    sa.add_argument("--seed", type=int, default=0)
+
+    info = sub.add_parser("info", help="params, FLOPs/example, memory per device",
+                          epilog="extra flags --config.KEY=VALUE override config keys")
+    info.add_argument("--config", required=True)
+    info.add_argument("--no_compile", action="store_true", help="skip the memory analysis")
+
+    tb = sub.add_parser("table", help="render experiments/results/NAME.json as Markdown")
+    tb.add_argument("name")
+    tb.add_argument("--results_dir", default=None)
+    return p
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    rest, overrides = [], []
+    for a in argv:
+        (overrides if a.startswith("--config.") else rest).append(a)
+    return rest, overrides
+
+
+def _cmd_data(args) -> None:
+    from jaxflows.data.cli import prepare_command
+
+    for line in prepare_command(args.name, args.data_dir):
+        print(line)
+
+
+def _init_distributed(args) -> None:
+    from jaxflows.train.distributed import initialize
+
+    initialize(args.coordinator_address, args.num_processes, args.process_id,
+               auto=args.distributed_auto)
+
+
+def _cmd_train(args, overrides) -> None:
+    _init_distributed(args)
+    from jaxflows.train import load_config, train
+
+    config = load_config(args.config, overrides)
+    result = train(config, args.workdir, final_eval=not args.no_eval)
+    if result:
+        print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _cmd_eval(args) -> None:
+    _init_distributed(args)
+    from jaxflows.train import evaluate
+
+    if not os.path.exists(os.path.join(args.workdir, "config.json")):
+        raise UserError(f"{args.workdir} has no config.json", hint="train into it first")
+    print(json.dumps(evaluate(args.workdir, split=args.split), indent=2, sort_keys=True))
+
+
+def _cmd_sample(args) -> None:
+    from jaxflows.train.sample import sample_to_png
+
+    path = sample_to_png(args.workdir, num=args.num, out=args.out, guidance=args.guidance,
+                         class_label=args.class_label, seed=args.seed)
+    print(f"wrote {path}")
+
+
+def _cmd_info(args, overrides) -> None:
+    from jaxflows.train import load_config
+    from jaxflows.train.info import model_info
+
+    info = model_info(load_config(args.config, overrides), compile_step=not args.no_compile)
+    print(f"params: {info['params']}")
+    print(f"mesh: {info['mesh']}")
+    print(f"flops_per_example: {info['flops_per_example']:.4g}")
+    print(f"state_bytes_per_device: {info['state_bytes_per_device']}")
+    if "peak_bytes_per_device" in info:
+        print(f"peak_bytes_per_device: {info['peak_bytes_per_device']}")
+
+
+def _cmd_table(args) -> None:
+    from jaxflows.eval.tables import render_table
+
+    print(render_table(args.name, args.results_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxflows`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = _split_overrides(argv)
+    parser = _parser()
+    args = parser.parse_args(rest)
+    if overrides and args.command not in ("train", "info"):
+        parser.error(f"--config.KEY=VALUE overrides only apply to train and info, got "
+                     f"{overrides[0]}")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "data":
+            _cmd_data(args)
+        elif args.command == "train":
+            _cmd_train(args, overrides)
+        elif args.command == "eval":
+            _cmd_eval(args)
+        elif args.command == "sample":
+            _cmd_sample(args)
+        elif args.command == "info":
+            _cmd_info(args, overrides)
+        elif args.command == "table":
+            _cmd_table(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Orbax checkpoints of a run: train state, data-iterator state, loop bookkeeping, config.
+
+One :class:`Checkpointer` per workdir wraps ``ocp.CheckpointManager`` (the ``ocp.args`` API):
+each save is an ``ocp.args.Composite`` of
+
+* ``state``: the :class:`TrainState` (``StandardSave``; restored with the live shardings),
+* ``data``: the grain iterator's state (``JsonSave`` of ``iterator.get_state()``, captured
+  synchronously so an async save never races the input pipeline),
+* ``loop``: early-stopping bookkeeping (best value, evals since best) as JSON,
+* ``config``: the run's config as JSON.
+
+Saves are async and atomic (Orbax writes to a temporary directory and renames it on commit), the
+latest ``keep`` checkpoints are preserved plus the best one by the validation metric. A checkpoint
+that fails to restore (partial or corrupt) is skipped with a warning for the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxflows.train.state import TrainState
+
+_ITEMS = ("state", "data", "loop", "config")
+
+
+class Checkpointer:
+    """Saves and restores a run's checkpoints under ``WORKDIR/checkpoints``."""
+
+    def __init__(self, workdir: str, *, keep: int = 2, best_metric: str | None = None,
+                 async_saves: bool = True):
+        directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        policies = [ocp.checkpoint_managers.LatestN(n=max(1, keep))]
+        if best_metric:
+            # BestN keeps the last n after sorting; reverse=True sorts descending, so the kept
+            # one is the lowest value: lower is better for every metric we track.
+            policies.append(ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=async_saves,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest committed checkpoint step, or None."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, *, data_state: Any, loop: dict, config: dict,
+             metrics: dict | None = None, force: bool = False) -> bool:
+        """Starts an async save of everything needed to resume at ``step``."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            loop=ocp.args.JsonSave(loop),
+            config=ocp.args.JsonSave(config),
+        )
+        return self.manager.save(step, args=args, metrics=metrics, force=force)
+
+    def restore(self, abstract_state: TrainState) -> tuple[int, TrainState, Any, dict] | None:
+        """Restores the newest good checkpoint into ``abstract_state``'s shapes and shardings.
+
+        Returns ``(step, state, data_state, loop)`` or None when there is none. A checkpoint
+        that fails to read is skipped with a warning, falling back to the previous one.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                    loop=ocp.args.JsonRestore(),
+                ))
+            except Exception as e:  # noqa: BLE001  (any read failure means: try the previous)
+                logging.warning("checkpoint at step %d is unreadable (%s: %s); trying the "
+                                "previous one", step, type(e).__name__, str(e).splitlines()[0])
+                continue
+            return step, restored.state, restored.data, restored.loop
+        return None
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are committed."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(state: TrainState) -> TrainState:
+    """ShapeDtypeStructs carrying each leaf's sharding: the restore target."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

@@ -1,0 +1,70 @@
+"""``jaxflows info``: parameter count, FLOPs per example and per-device memory of a config.
+
+Nothing is allocated for the parameter count (``jax.eval_shape``). FLOPs come from XLA's cost
+analysis of the lowered train step; memory from the compiled step's memory analysis on the
+config's mesh (when this machine has enough devices), else from the sharded state size alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflows.errors import DatasetNotPreparedError
+from jaxflows.models.base import DataInfo
+
+
+def _info_data(config) -> DataInfo:
+    from jaxflows.train.loop import data_info
+
+    try:
+        return data_info(config)
+    except DatasetNotPreparedError:
+        if not config.data.image_shape:
+            raise
+        return DataInfo(image_shape=tuple(config.data.image_shape),
+                        num_classes=int(config.data.num_classes),
+                        num_train=config.train.batch_size)
+
+
+def _bytes(tree) -> int:
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def model_info(config, *, compile_step: bool = True) -> dict:
+    """Returns ``{params, flops_per_example, state_bytes_per_device, peak_bytes_per_device}``."""
+    from jaxflows.train.loop import build
+
+    run = build(config, _info_data(config))
+    abstract = jax.eval_shape(run.init_fn, config.seed)
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
+    out = {"params": int(n_params), "mesh": dict(run.mesh.shape)}
+    h, w, c = run.data_info.image_shape
+    b = config.train.batch_size
+    batch = {"image": jax.ShapeDtypeStruct((b, h, w, c), jnp.uint8,
+                                           sharding=run.batch_sharding),
+             "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=run.batch_sharding)}
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         abstract, run.state_shardings)
+    with jax.set_mesh(run.mesh):
+        lowered = run.train_step.lower(state, batch)
+        cost = lowered.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+        out["flops_per_example"] = flops / b
+        # per-device share of the state, from each leaf's sharding
+        per_dev = 0
+        for leaf in jax.tree.leaves(state):
+            shard = leaf.sharding.shard_shape(leaf.shape)
+            per_dev += math.prod(shard) * np.dtype(leaf.dtype).itemsize
+        out["state_bytes_per_device"] = int(per_dev)
+        if compile_step:
+            mem = lowered.compile().memory_analysis()
+            if mem is not None:
+                peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                        + mem.temp_size_in_bytes - getattr(mem, "alias_size_in_bytes", 0))
+                out["peak_bytes_per_device"] = int(peak)
+    return out

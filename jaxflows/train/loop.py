@@ -1,0 +1,369 @@
+"""The training loop: config -> sharded state -> jitted steps -> checkpoints, metrics, eval.
+
+``train(config, workdir)`` resumes automatically from ``workdir`` when it holds a checkpoint and
+ends with the same parameters as an uninterrupted run (bitwise on CPU): the state, the data
+iterator and the early-stopping bookkeeping are all restored, and every random draw derives from
+``fold_in(rng, step)``. ``evaluate(workdir)`` writes ``WORKDIR/eval.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxflows.errors import ConfigError
+from jaxflows.models.base import DataInfo, Task, build_task
+from jaxflows.train import input as engine_input
+from jaxflows.train import mesh as mesh_lib
+from jaxflows.train.checkpoint import Checkpointer, abstract_like
+from jaxflows.train.metrics import MetricsWriter
+from jaxflows.train.optim import learning_rate_schedule, make_optimizer
+from jaxflows.train.state import TrainState
+from jaxflows.train.steps import make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything derived from a config before training: mesh, task, steps, shardings."""
+
+    config: ml_collections.ConfigDict
+    mesh: Any
+    task: Task
+    data_info: DataInfo
+    steps_per_epoch: int
+    total_steps: int
+    eval_every_steps: int
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    state_shardings: Any
+    batch_sharding: Any
+    init_fn: Any
+    train_step: Any
+    eval_step: Any
+    data_dir: str | None
+
+
+def _data_dir(config) -> str | None:
+    return config.data.data_dir or None
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> tuple:
+    """Checks sizes before anything compiles; returns the resolved mesh shape."""
+    shape = mesh_lib.mesh_shape(config.mesh, num_devices)
+    dp = shape[0] * shape[1]
+    t = config.train
+    if t.batch_size <= 0:
+        raise ConfigError(f"config.train.batch_size must be positive, got {t.batch_size}")
+    accum = config.optim.grad_accum_steps
+    if accum < 1 or t.batch_size % accum:
+        raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by "
+                          f"config.optim.grad_accum_steps={accum}")
+    for key, value in (("batch_size", t.batch_size // accum), ("eval_batch_size",
+                                                                t.eval_batch_size)):
+        what = "micro-batch " if key == "batch_size" and accum > 1 else ""
+        if value % dp:
+            raise ConfigError(
+                f"config.train.{key}: global {what}batch {value} is not divisible by the "
+                f"data-parallel size {dp} (mesh data={shape[0]} x fsdp={shape[1]})")
+        if value % num_processes:
+            raise ConfigError(f"config.train.{key}={value} is not divisible by "
+                              f"{num_processes} processes")
+    if not config.model.name:
+        raise ConfigError("config.model.name is empty")
+    if config.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"config.dtype={config.dtype!r}; use float32, bfloat16 or float16")
+    return shape
+
+
+def data_info(config) -> DataInfo:
+    """Reads the dataset's shapes and split sizes (raises if it is not prepared)."""
+    from jaxflows.data.registry import dataset_info
+
+    info = dataset_info(config.data.name, _data_dir(config))
+    splits = info["splits"]
+    for key in ("train_split", "eval_split", "test_split"):
+        split = config.data[key]
+        if split and split not in splits:
+            raise ConfigError(f"config.data.{key}={split!r}: dataset {config.data.name} has "
+                              f"splits {sorted(splits)}")
+    return DataInfo(image_shape=tuple(info["image_shape"]), num_classes=info["num_classes"],
+                    num_train=splits[config.data.train_split],
+                    num_eval=splits.get(config.data.eval_split, 0))
+
+
+def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Run:
+    """Validates the config and derives mesh, task, optimiser, shardings and jitted steps."""
+    shape = validate(config, jax.device_count(), jax.process_count())
+    info = info or data_info(config)
+    mesh = mesh_lib.make_mesh(config.mesh)
+    logging.info("mesh %s over %d devices", dict(zip(mesh_lib.MESH_AXES, shape)),
+                 jax.device_count())
+    task = build_task(config, info)
+    t = config.train
+    steps_per_epoch = max(1, info.num_train // t.batch_size)
+    total = t.num_steps if t.num_steps > 0 else int(math.ceil(t.num_epochs * steps_per_epoch))
+    eval_every = max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
+    schedule = learning_rate_schedule(config.optim, steps_per_epoch, total)
+    tx = make_optimizer(config.optim, schedule)
+    rules = tuple(tuple(r) for r in config.sharding_rules)
+    h, w, c = info.image_shape
+    example = {"image": jnp.zeros((t.batch_size // config.optim.grad_accum_steps, h, w, c),
+                                  jnp.uint8),
+               "label": jnp.zeros((t.batch_size // config.optim.grad_accum_steps,), jnp.int32)}
+    ema_on = config.optim.ema_decay > 0
+    keep_best = bool(t.get("keep_best_params", True))
+
+    def init_fn(seed):
+        key = jax.random.key(seed)
+        params = nn.unbox(task.init(jax.random.fold_in(key, 0), example))
+        copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+            params=params,
+            opt_state=tx.init(params),
+            ema_params=copy(params) if ema_on else None,
+            best_params=copy(params) if keep_best else None,
+        )
+
+    boxed = jax.eval_shape(lambda: task.init(jax.random.key(0), example))
+    p_sh = mesh_lib.param_shardings(boxed, mesh, rules)
+    abstract = jax.eval_shape(init_fn, 0)
+    rep = mesh_lib.replicated(mesh)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, p_sh,
+                                   transform_non_params=lambda _: rep)
+    state_sh = TrainState(step=rep, rng=rep, params=p_sh, opt_state=opt_sh,
+                          ema_params=p_sh if ema_on else None,
+                          best_params=p_sh if keep_best else None)
+    b_sh = mesh_lib.batch_sharding(mesh)
+    init_jit = jax.jit(init_fn, static_argnums=0, out_shardings=state_sh)
+    train_step = jax.jit(
+        make_train_step(task, tx, schedule, grad_accum_steps=config.optim.grad_accum_steps,
+                        ema_decay=config.optim.ema_decay),
+        in_shardings=(state_sh, b_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(task), in_shardings=(p_sh, b_sh, rep),
+                        out_shardings=rep)
+    return Run(config, mesh, task, info, steps_per_epoch, total, eval_every, schedule, tx,
+               state_sh, b_sh, init_jit, train_step, eval_step, _data_dir(config))
+
+
+def _source(run: Run, split: str):
+    from jaxflows.data.registry import FixedBinarizedSource, load_source
+
+    source = load_source(run.config.data.name, split, run.data_dir)
+    if split != run.config.data.train_split and run.config.data.eval_binarize_seed >= 0:
+        source = FixedBinarizedSource(source, seed=run.config.data.eval_binarize_seed)
+    return engine_input.materialize(source)
+
+
+def eval_batch_iter(run: Run, source):
+    """Global eval batches (with ``mask``) over one pass of ``source``."""
+    for local in engine_input.eval_batches(
+            source, global_batch_size=run.config.train.eval_batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count()):
+        yield engine_input.to_global(local, run.batch_sharding)
+
+
+def evaluate_params(run: Run, params, source, seed: int) -> dict[str, float]:
+    """Masked means of the task's per-example eval metrics over one pass of ``source``."""
+    totals: dict[str, float] = {}
+    key = jax.random.key(seed)
+    for i, batch in enumerate(eval_batch_iter(run, source)):
+        out = jax.device_get(run.eval_step(params, batch, jax.random.fold_in(key, i)))
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    count = totals.pop("_count", 0.0)
+    return {k: v / max(count, 1.0) for k, v in totals.items()}
+
+
+class _StopFlag:
+    """Set by SIGTERM: the loop saves a checkpoint at the next step and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def uninstall(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _agree(flag: bool) -> bool:
+    """True on every process if it is true on any (a collective; trivial on one process)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool = True) -> dict:
+    """Trains (resuming from ``workdir`` if possible); returns the final eval dict or {}."""
+    run = build(config)
+    t = config.train
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+    best_metric = t.best_metric or run.task.best_metric
+    ckpt = Checkpointer(workdir, keep=t.keep_checkpoints,
+                        best_metric="val_" + best_metric if t.eval_every_epochs > 0 else None)
+    with jax.set_mesh(run.mesh):
+        train_src = _source(run, config.data.train_split)
+        eval_src = _source(run, config.data.eval_split) if config.data.eval_split else None
+        iterator = engine_input.train_iterator(
+            train_src, global_batch_size=t.batch_size, seed=config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        state = run.init_fn(config.seed)
+        loop = {"best_value": None, "best_step": -1, "evals_since_best": 0, "stopped_early":
+                False, "wall_time_s": 0.0, "evals": []}
+        restored = ckpt.restore(abstract_like(state))
+        if restored is not None:
+            step0, state, data_state, loop = restored
+            iterator.set_state(data_state)
+            logging.info("resumed from step %d", step0)
+        step = int(jax.device_get(state.step))
+        writer = MetricsWriter(workdir, resume_step=step, total_steps=run.total_steps,
+                               progress_bar=t.progress_bar)
+        stop = _StopFlag()
+        stop.install()
+        copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                              out_shardings=run.state_shardings.params)
+        last_save = time.time()
+        t_start = time.time() - loop["wall_time_s"]
+        t_log, steps_since_log = time.time(), 0
+        sync_every = max(1, min(t.log_every_steps, 50))
+
+        def save(force=False, metrics=None):
+            nonlocal last_save
+            loop["wall_time_s"] = time.time() - t_start
+            ckpt.save(step, state, data_state=iterator.get_state(), loop=loop,
+                      config=config.to_dict(), metrics=metrics, force=force)
+            last_save = time.time()
+
+        try:
+            while step < run.total_steps and not loop["stopped_early"]:
+                batch = engine_input.to_global(next(iterator), run.batch_sharding)
+                state, metrics = run.train_step(state, batch)
+                step += 1
+                steps_since_log += 1
+                writer.advance(1)
+                if step % t.log_every_steps == 0 or step == run.total_steps:
+                    metrics = jax.device_get(metrics)
+                    now = time.time()
+                    rate = steps_since_log / max(now - t_log, 1e-9)
+                    metrics.update(epoch=step / run.steps_per_epoch, steps_per_s=rate,
+                                   examples_per_s=rate * t.batch_size)
+                    writer.write(step, metrics)
+                    t_log, steps_since_log = now, 0
+                    if not np.isfinite(metrics["loss"]):
+                        raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
+                val_metrics = None
+                if eval_src is not None and (step % run.eval_every_steps == 0
+                                             or step == run.total_steps):
+                    tracked = state.ema_params if state.ema_params is not None else state.params
+                    val = evaluate_params(run, tracked, eval_src, seed=config.seed + 1)
+                    val["epoch"] = step / run.steps_per_epoch
+                    writer.write(step, val, prefix="val_")
+                    value = val[best_metric]
+                    loop["evals"].append({"step": step, **val})
+                    if loop["best_value"] is None or value < loop["best_value"]:
+                        loop.update(best_value=value, best_step=step, evals_since_best=0)
+                        if state.best_params is not None:
+                            state = state.replace(best_params=copy_params(tracked))
+                    else:
+                        loop["evals_since_best"] += 1
+                        if 0 < t.early_stopping_patience <= loop["evals_since_best"]:
+                            loop["stopped_early"] = True
+                            logging.info("early stopping at step %d (best %s=%.4f at %d)",
+                                         step, best_metric, loop["best_value"],
+                                         loop["best_step"])
+                    val_metrics = {"val_" + best_metric: float(value)}
+                if val_metrics is not None:
+                    save(metrics=val_metrics)
+                elif step % sync_every == 0 and _agree(
+                        stop.requested or time.time() - last_save >= t.checkpoint_every_secs):
+                    save()
+                    if _agree(stop.requested):
+                        break
+            if step >= run.total_steps or loop["stopped_early"]:
+                if ckpt.latest_step() != step:
+                    save(force=True)
+        finally:
+            stop.uninstall()
+            ckpt.close()
+            writer.close()
+        if stop.requested:
+            return {}
+    if final_eval and config.data.test_split:
+        return evaluate(workdir, config=config, run=run)
+    return {}
+
+
+def restore_for_eval(run: Run, workdir: str) -> tuple[int, TrainState]:
+    """Restores the latest good checkpoint of ``workdir`` for evaluation."""
+    ckpt = Checkpointer(workdir, keep=run.config.train.keep_checkpoints)
+    with jax.set_mesh(run.mesh):
+        abstract = jax.eval_shape(run.init_fn, run.config.seed)
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                abstract, run.state_shardings)
+        restored = ckpt.restore(abstract)
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+    return restored[0], restored[1]
+
+
+def evaluate(workdir: str, *, config=None, run: Run | None = None,
+             split: str | None = None) -> dict:
+    """Evaluates the workdir's best/EMA/latest params on the test split -> WORKDIR/eval.json."""
+    if config is None:
+        with open(os.path.join(workdir, "config.json")) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    run = run or build(config)
+    split = split or config.data.test_split
+    step, state = restore_for_eval(run, workdir)
+    params = state.eval_params()
+    t0 = time.time()
+    with jax.set_mesh(run.mesh):
+        source = _source(run, split)
+        result = {"split": split, "step": step}
+        result.update(evaluate_params(run, params, source, seed=config.seed + 2))
+        extra = run.task.final_eval(params, lambda: eval_batch_iter(run, source),
+                                    jax.random.key(config.seed + 3))
+        result.update(extra)
+    result["eval_time_s"] = time.time() - t0
+    result["params_used"] = ("best" if state.best_params is not None else
+                             "ema" if state.ema_params is not None else "latest")
+    if jax.process_index() == 0:
+        _write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    return result

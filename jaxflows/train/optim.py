@@ -1,0 +1,45 @@
+"""The optimiser from ``config.optim``, built from optax pieces only."""
+
+from __future__ import annotations
+
+import optax
+
+from jaxflows.errors import ConfigError
+
+
+def learning_rate_schedule(optim_config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+    """``constant`` or ``warmup_cosine`` (linear warmup over warmup_epochs, cosine to end)."""
+    lr = float(optim_config.learning_rate)
+    warmup = int(round(float(optim_config.warmup_epochs) * steps_per_epoch))
+    if optim_config.schedule == "constant":
+        if warmup > 0:
+            return optax.join_schedules(
+                [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+            )
+        return optax.constant_schedule(lr)
+    if optim_config.schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=lr * 1e-2 if warmup else lr,
+            peak_value=lr,
+            warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1),
+            end_value=lr * float(optim_config.end_lr_factor),
+        )
+    raise ConfigError(
+        f"config.optim.schedule={optim_config.schedule!r} is unknown; use constant or warmup_cosine"
+    )
+
+
+def make_optimizer(optim_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Adam/AdamW with optional global-norm clipping and gradient accumulation."""
+    name = optim_config.name
+    kwargs = dict(b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps)
+    if name == "adam":
+        opt = optax.adam(schedule, **kwargs)
+    elif name == "adamw":
+        opt = optax.adamw(schedule, weight_decay=optim_config.weight_decay, **kwargs)
+    else:
+        raise ConfigError(f"config.optim.name={name!r} is unknown; use adam or adamw")
+    if optim_config.grad_clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), opt)
+    return opt

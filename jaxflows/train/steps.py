@@ -1,0 +1,76 @@
+"""Jitted train and eval steps, built from a Task and an optax optimiser.
+
+The train step folds the step number into the state's rng, optionally accumulates gradients over
+``grad_accum_steps`` micro-batches (a ``lax.scan``), applies the update, and updates the EMA.
+Both steps are ``jax.jit``-ed by :mod:`jaxflows.train.loop` with explicit in/out shardings and the
+state donated.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxflows.models.base import Task
+from jaxflows.train.state import TrainState
+
+
+def make_train_step(task: Task, tx: optax.GradientTransformation, schedule, *,
+                    grad_accum_steps: int = 1, ema_decay: float = 0.0):
+    """Returns ``train_step(state, batch) -> (state, metrics)`` (not yet jitted)."""
+
+    def loss_and_grad(params, batch, rng, step):
+        (loss, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(
+            params, batch, rng, step)
+        return loss, metrics, grads
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if grad_accum_steps == 1:
+            loss, metrics, grads = loss_and_grad(state.params, batch, rng, state.step)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch)
+
+            def body(carry, inputs):
+                i, mb = inputs
+                loss, metrics, grads = loss_and_grad(
+                    state.params, mb, jax.random.fold_in(rng, i), state.step)
+                carry = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+                return carry, None
+
+            zeros = jax.tree.map(
+                jnp.zeros_like,
+                jax.eval_shape(loss_and_grad, state.params,
+                               jax.tree.map(lambda x: x[0], micro), rng, state.step))
+            total, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+            loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        metrics = dict(metrics)
+        metrics["loss"] = loss
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = schedule(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  ema_params=ema)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(task: Task):
+    """Returns ``eval_step(params, batch, rng) -> {name: (masked sum, count)}``."""
+
+    def eval_step(params, batch, rng):
+        per_example = task.eval_batch(params, batch, rng)
+        mask = batch["mask"].astype(jnp.float32)
+        out = {k: jnp.sum(jnp.where(mask > 0, v.astype(jnp.float32), 0.0))
+               for k, v in per_example.items()}
+        out["_count"] = jnp.sum(mask)
+        return out
+
+    return eval_step

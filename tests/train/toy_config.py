@@ -1,0 +1,30 @@
+"""Engine-test config: the toy classifier on digits. Importing registers the toy task."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import toy_task  # noqa: E402,F401
+
+from jaxflows.train.config import base_config  # noqa: E402
+
+
+def get_config(arg: str = "default"):
+    c = base_config()
+    c.model.name = "toy_classifier"
+    c.model.hidden = 32
+    c.data.name = "digits"
+    c.train.batch_size = 64
+    c.train.eval_batch_size = 64
+    c.train.num_epochs = 2.0
+    c.train.log_every_steps = 5
+    c.train.eval_every_epochs = 1.0
+    c.train.progress_bar = False
+    c.optim.learning_rate = 3e-3
+    if arg == "long":  # for kill/resume tests: long enough to be killed mid-run
+        c.train.num_epochs = 12.0
+        c.train.checkpoint_every_secs = 0.5
+    elif arg != "default":
+        raise ValueError(f"unknown row {arg!r}; rows: default, long")
+    return c

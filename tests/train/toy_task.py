@@ -1,0 +1,55 @@
+"""A tiny registered Task for engine tests: an MLP classifier with logically named weights."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxflows.models.base import Task, register
+
+
+class _MLP(nn.Module):
+    hidden: int = 32
+    classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.lecun_normal()
+        x = nn.Dense(self.hidden, kernel_init=nn.with_logical_partitioning(
+            init, ("embed", "hidden")))(x)
+        x = jnp.tanh(x)
+        x = nn.Dense(self.hidden, kernel_init=nn.with_logical_partitioning(
+            init, ("hidden", "embed")))(x)
+        x = jnp.tanh(x)
+        return nn.Dense(self.classes)(x)
+
+
+@register("toy_classifier")
+class ToyClassifier(Task):
+    """Cross-entropy of labels from flattened, randomly perturbed pixels (uses the step rng)."""
+
+    best_metric = "loss"
+
+    def _model(self):
+        return _MLP(hidden=self.config.model.hidden, classes=self.data_info.num_classes)
+
+    def _inputs(self, image, rng=None):
+        x = image.reshape(image.shape[0], -1).astype(jnp.float32) / 255.0
+        if rng is not None:
+            x = x + 0.05 * jax.random.normal(rng, x.shape)
+        return x
+
+    def init(self, rng, batch):
+        return self._model().init(rng, self._inputs(batch["image"]))["params"]
+
+    def loss(self, params, batch, rng, step):
+        logits = self._model().apply({"params": params}, self._inputs(batch["image"], rng))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return jnp.mean(ce), {"accuracy": acc}
+
+    def eval_batch(self, params, batch, rng):
+        logits = self._model().apply({"params": params}, self._inputs(batch["image"]))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        return {"loss": ce, "accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(
+            jnp.float32)}

@@ -116,7 +116,8 @@ def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Ru
     t = config.train
     steps_per_epoch = max(1, info.num_train // t.batch_size)
     total = t.num_steps if t.num_steps > 0 else int(math.ceil(t.num_epochs * steps_per_epoch))
-    eval_every = max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
+    eval_every = (max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
+                  if t.eval_every_epochs > 0 else 0)
     schedule = learning_rate_schedule(config.optim, steps_per_epoch, total)
     tx = make_optimizer(config.optim, schedule)
     rules = tuple(tuple(r) for r in config.sharding_rules)
@@ -239,7 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
                         best_metric="val_" + best_metric if t.eval_every_epochs > 0 else None)
     with jax.set_mesh(run.mesh):
         train_src = _source(run, config.data.train_split)
-        eval_src = _source(run, config.data.eval_split) if config.data.eval_split else None
+        eval_src = (_source(run, config.data.eval_split)
+                    if config.data.eval_split and run.eval_every_steps else None)
         iterator = engine_input.train_iterator(
             train_src, global_batch_size=t.batch_size, seed=config.seed,
             process_index=jax.process_index(), process_count=jax.process_count())

@@ -14,6 +14,7 @@ def get_config(arg: str = "default"):
     c = base_config()
     c.model.name = "toy_classifier"
     c.model.hidden = 32
+    c.model.noise = 0.05  # input noise drawn from the step rng
     c.data.name = "digits"
     c.train.batch_size = 64
     c.train.eval_batch_size = 64

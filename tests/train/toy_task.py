@@ -35,8 +35,8 @@ class ToyClassifier(Task):
 
     def _inputs(self, image, rng=None):
         x = image.reshape(image.shape[0], -1).astype(jnp.float32) / 255.0
-        if rng is not None:
-            x = x + 0.05 * jax.random.normal(rng, x.shape)
+        if rng is not None and self.config.model.noise > 0:
+            x = x + self.config.model.noise * jax.random.normal(rng, x.shape)
         return x
 
     def init(self, rng, batch):

@@ -1,8 +1,8 @@
 """Engine-side input: process-local slices of deterministic global batches -> global arrays.
 
 The global batch at step ``s`` is the same set of examples whatever the number of processes:
-grain shuffles the *indices* of the split (reshuffled every epoch from the seed) and batches them
-into global batches; process ``p`` of ``n`` reads only rows ``[p*b, (p+1)*b)`` of each global batch
+a grain ``MapDataset`` over steps maps step ``s`` to its slice of a per-epoch permutation of the
+split (drawn from ``(seed, epoch)``); process ``p`` of ``n`` reads only rows ``[p*b, (p+1)*b)`` of each global batch
 (``b = B / n``), so processes read disjoint data and a 1-process and a 2-process run see identical
 batches. The iterator is a grain ``DatasetIterator``: ``get_state()``/``set_state()`` are
 checkpointed with the train state, so a resumed run continues with the exact next batch.
@@ -79,12 +79,21 @@ def train_iterator(source, *, global_batch_size: int, seed: int, process_index: 
     b = global_batch_size // process_count
     lo, hi = process_index * b, (process_index + 1) * b
     steps_per_epoch = len(source) // global_batch_size
-    # One epoch = steps_per_epoch full global batches of a fresh permutation (remainder dropped).
-    epoch = (grain.MapDataset.range(len(source)).shuffle(seed=seed)
-             .slice(slice(0, steps_per_epoch * global_batch_size))
-             .batch(global_batch_size, drop_remainder=True))
-    ds = (epoch.repeat(None)
-          .map(lambda idx: np.asarray(idx)[lo:hi])
+    n = len(source)
+    cache: dict[int, np.ndarray] = {}
+
+    def global_indices(step: int) -> np.ndarray:
+        # A fresh permutation per epoch from (seed, epoch); the remainder of an epoch is dropped.
+        epoch, j = divmod(step, steps_per_epoch)
+        perm = cache.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([seed, epoch]).permutation(n)
+            cache.clear()
+            cache[epoch] = perm
+        return perm[j * global_batch_size:(j + 1) * global_batch_size]
+
+    ds = (grain.MapDataset.range(steps_per_epoch).repeat(None)
+          .map_with_index(lambda step, _: global_indices(step)[lo:hi])
           .map(lambda idx: _take(source, idx)))
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 

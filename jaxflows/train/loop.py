@@ -264,6 +264,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
         t_start = time.time() - loop["wall_time_s"]
         t_log, steps_since_log = time.time(), 0
         sync_every = max(1, min(t.log_every_steps, 50))
+        in_flight = None
 
         def save(force=False, metrics=None):
             nonlocal last_save
@@ -276,6 +277,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
             while step < run.total_steps and not loop["stopped_early"]:
                 batch = engine_input.to_global(next(iterator), run.batch_sharding)
                 state, metrics = run.train_step(state, batch)
+                # Stay at most one step ahead of the device: enough to overlap input work, and
+                # it bounds programs in flight (fake CPU devices can starve a collective).
+                if in_flight is not None:
+                    jax.block_until_ready(in_flight)
+                in_flight = metrics
                 step += 1
                 steps_since_log += 1
                 writer.advance(1)

@@ -326,15 +326,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
             if step >= run.total_steps or loop["stopped_early"]:
                 if ckpt.latest_step() != step:
                     save(force=True)
+                else:
+                    loop["wall_time_s"] = time.time() - t_start
         finally:
             stop.uninstall()
             ckpt.close()
             writer.close()
         if stop.requested:
             return {}
+    summary = {"train_wall_time_s": loop["wall_time_s"], "epochs": step / run.steps_per_epoch,
+               "best_step": loop["best_step"], "stopped_early": loop["stopped_early"]}
+    if jax.process_index() == 0:
+        _write_json_atomic(os.path.join(workdir, "train_summary.json"), summary)
     if final_eval and config.data.test_split:
-        return evaluate(workdir, config=config, run=run)
-    return {}
+        return {**summary, **evaluate(workdir, config=config, run=run)}
+    return summary
 
 
 def restore_for_eval(run: Run, workdir: str) -> tuple[int, TrainState]:

@@ -1,0 +1,121 @@
+"""Train every row of a table under one protocol and collect the results with provenance.
+
+    python experiments/run_table.py vae_mnist --rows vae,ccliniaf_k5 \
+        --workroot workdirs/vae_mnist --set train.num_epochs=40
+
+Each row is one ``jaxflows train`` subprocess into ``WORKROOT/ROW`` (so an interrupted table
+resumes row by row, each run exactly where it stopped). Then ``experiments/results/NAME.json``
+is (re)written from the workdirs: the exact command, git commit, machine, the protocol
+overrides, and per row its ``eval.json``, ``train_summary.json`` and per-epoch curves read from
+``metrics.jsonl``. ``--collect_only`` skips training. Numbers are never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def _git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, cwd=REPO).stdout.strip()
+    return (out.stdout.strip() or "uncommitted") + ("+dirty" if dirty else "")
+
+
+def _machine() -> str:
+    import jax
+
+    dev = jax.devices()[0]
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {dev.platform} "
+            f"({dev.device_kind}), jax {jax.__version__}")
+
+
+def _curves(workdir: str) -> dict:
+    rows = []
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [json.loads(ln) for ln in f if ln.strip()]
+    val = [r for r in rows if any(k.startswith("val_") for k in r)]
+    train = [r for r in rows if "loss" in r]
+    curves = {"val": [{k.removeprefix("val_"): v for k, v in r.items()} for r in val]}
+    # one training point per epoch: the last logged step of each epoch
+    per_epoch = {}
+    for r in train:
+        per_epoch[int(r["epoch"] - 1e-9)] = r
+    curves["train"] = [{"epoch": r["epoch"], "loss": r["loss"],
+                        **({"neg_elbo": r["neg_elbo"]} if "neg_elbo" in r else {})}
+                       for _, r in sorted(per_epoch.items())]
+    return curves
+
+
+def collect(name: str, rows: list[str], workroot: str, overrides: list[str], command: str,
+            extra_rows: dict | None = None) -> dict:
+    """Builds the results dict from the row workdirs."""
+    out_rows = []
+    for row in rows:
+        wd = os.path.join(workroot, row)
+        entry = {"name": row}
+        for fname in ("train_summary.json", "eval.json"):
+            p = os.path.join(wd, fname)
+            if os.path.exists(p):
+                with open(p) as f:
+                    entry.update({f"test_{k}" if fname == "eval.json" and k not in
+                                  ("split", "step", "params_used", "eval_time_s") else k: v
+                                  for k, v in json.load(f).items()})
+        entry.update((extra_rows or {}).get(row, {}))
+        entry["curves"] = _curves(wd)
+        out_rows.append(entry)
+    return {"title": name, "command": command, "git_commit": _git_commit(),
+            "machine": _machine(), "protocol": " ".join(overrides) or "config defaults",
+            "rows": out_rows}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("name", help="experiments/configs/NAME.py")
+    p.add_argument("--rows", required=True, help="comma-separated rows of get_config")
+    p.add_argument("--workroot", default=None)
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every row")
+    p.add_argument("--collect_only", action="store_true")
+    p.add_argument("--paper", default=None, help="JSON file of {row: {column: value}} to merge")
+    args = p.parse_args()
+    rows = args.rows.split(",")
+    workroot = args.workroot or os.path.join(REPO, "workdirs", args.name)
+    overrides = [f"--config.{kv}" for kv in args.set]
+    config = os.path.join("experiments", "configs", f"{args.name}.py")
+    command = "python " + " ".join(sys.argv)
+    if not args.collect_only:
+        for row in rows:
+            t0 = time.time()
+            cmd = [sys.executable, "-m", "jaxflows.cli", "train", "--config", f"{config}:{row}",
+                   "--workdir", os.path.join(workroot, row), *overrides]
+            print(" ".join(cmd), flush=True)
+            rc = subprocess.run(cmd, cwd=REPO).returncode
+            print(f"{row}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+            if rc:
+                return rc
+    extra = None
+    if args.paper:
+        with open(args.paper) as f:
+            extra = json.load(f)
+    results = collect(args.name, rows, workroot, overrides, command, extra)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", f"{args.name}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

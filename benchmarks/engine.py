@@ -29,6 +29,7 @@ def _worker(config_spec: str, steps: int, devices: int) -> dict:
     import numpy as np
 
     from jaxflows.train import build, load_config, train
+    from jaxflows.data import pipeline
     from jaxflows.train import input as engine_input
     from jaxflows.train.metrics import read_metrics
 
@@ -43,7 +44,7 @@ def _worker(config_spec: str, steps: int, devices: int) -> dict:
         src = engine_input.materialize(
             __import__("jaxflows.data.registry", fromlist=["load_source"]).load_source(
                 config.data.name, config.data.train_split, config.data.data_dir or None))
-        it = engine_input.train_iterator(src, global_batch_size=config.train.batch_size, seed=0)
+        it = pipeline.train_iterator(src, global_batch_size=config.train.batch_size, seed=0)
         batch = engine_input.to_global(next(it), run.batch_sharding)
         state = run.init_fn(config.seed)
         state, m = run.train_step(state, batch)

@@ -59,7 +59,7 @@ def _reconstructions(workdir: str, path: str) -> None:
     run = build(config)
     _, state = restore_for_eval(run, workdir)
     source = _source(run, config.data.test_split)
-    images = source.take(np.arange(32))["image"]
+    images = source.get_batch(np.arange(32))["image"]
     with jax.set_mesh(run.mesh):
         recon = run.task.reconstruct(state.eval_params(), images, jax.random.key(0))
     grid = np.concatenate([images.astype(np.float32) / 255.0, np.asarray(recon)], axis=0)

@@ -27,6 +27,7 @@ import optax
 
 from jaxflows.errors import ConfigError
 from jaxflows.models.base import DataInfo, Task, build_task
+from jaxflows.data import pipeline
 from jaxflows.train import input as engine_input
 from jaxflows.train import mesh as mesh_lib
 from jaxflows.train.checkpoint import Checkpointer, abstract_like
@@ -173,7 +174,7 @@ def _source(run: Run, split: str):
 
 def eval_batch_iter(run: Run, source):
     """Global eval batches (with ``mask``) over one pass of ``source``."""
-    for local in engine_input.eval_batches(
+    for local in pipeline.eval_batches(
             source, global_batch_size=run.config.train.eval_batch_size,
             process_index=jax.process_index(), process_count=jax.process_count()):
         yield engine_input.to_global(local, run.batch_sharding)
@@ -242,7 +243,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
         train_src = _source(run, config.data.train_split)
         eval_src = (_source(run, config.data.eval_split)
                     if config.data.eval_split and run.eval_every_steps else None)
-        iterator = engine_input.train_iterator(
+        iterator = pipeline.train_iterator(
             train_src, global_batch_size=t.batch_size, seed=config.seed,
             process_index=jax.process_index(), process_count=jax.process_count())
         state = run.init_fn(config.seed)

@@ -6,7 +6,7 @@
 #
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b ./tpu_setup.sh
 #   TPU_NAME=my-v5e-16 ZONE=us-west4-a REPO_URL=<git url> DATASETS="mnist digits" \
-#     CONFIG=experiments/configs/tarflow.py:mnist WORKDIR=gs://my-bucket/runs/t1 ./tpu_setup.sh
+#     CONFIG=experiments/configs/vae_mnist.py:ccliniaf_k5 WORKDIR=gs://my-bucket/runs/t1 ./tpu_setup.sh
 #
 # Steps, each run on all workers at once (gcloud ... ssh --worker=all):
 #   1. ship the code: `git clone REPO_URL` when REPO_URL is set, else a tarball of the files git
@@ -34,7 +34,7 @@ JAX_VERSION="${JAX_VERSION:-}"                # empty = the jax version the pack
 EXTRAS="${EXTRAS:-}"                          # e.g. "chem" to install jaxflows[chem]
 DATASETS="${DATASETS:-mnist}"                 # datasets to prepare on every worker
 DATA_DIR="${DATA_DIR:-}"                      # empty = ~/.cache/jaxflows/datasets on workers
-CONFIG="${CONFIG:-experiments/configs/tarflow.py:mnist}"
+CONFIG="${CONFIG:-experiments/configs/vae_mnist.py:ccliniaf_k5}"
 WORKDIR="${WORKDIR:-gs://YOUR_BUCKET/jaxflows/${TPU_NAME}}"
 CHECK_DEVICES="${CHECK_DEVICES:-1}"           # 1 = run a jax device check on all workers
 

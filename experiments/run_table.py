@@ -88,6 +88,8 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every row")
     p.add_argument("--collect_only", action="store_true")
     p.add_argument("--paper", default=None, help="JSON file of {row: {column: value}} to merge")
+    p.add_argument("--columns", default=None, help="comma-separated columns of the Markdown table")
+    p.add_argument("--notes", default=None, help="a sentence stored with the results")
     args = p.parse_args()
     rows = args.rows.split(",")
     workroot = args.workroot or os.path.join(REPO, "workdirs", args.name)
@@ -108,9 +110,16 @@ def main() -> int:
     if args.paper:
         with open(args.paper) as f:
             extra = json.load(f)
-    results = collect(args.name, rows, workroot, overrides, command, extra)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results", f"{args.name}.json")
+    if args.collect_only and os.path.exists(path):
+        with open(path) as f:  # keep the command that trained the rows
+            command = json.load(f).get("command", command)
+    results = collect(args.name, rows, workroot, overrides, command, extra)
+    if args.columns:
+        results["columns"] = args.columns.split(",")
+    if args.notes:
+        results["notes"] = args.notes
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {path}")

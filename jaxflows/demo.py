@@ -94,8 +94,8 @@ def main(argv=None) -> int:
     for name, spec, keys, r in rows:
         shown = ", ".join(f"{k} {r[k]:.3f}" for k in keys if k in r)
         print(f"| {name} | `{spec.split('/')[-1]}` | {shown} | {r['train_and_eval_s']:.0f} |")
-    print(f"\nsample grids: {', '.join(sorted(f for f in os.listdir(args.out) if f.endswith('.png')))}"
-          f" in {args.out}/")
+    pngs = sorted(f for f in os.listdir(args.out) if f.endswith(".png"))
+    print(f"\nsample grids in {args.out}/: {', '.join(pngs)}")
     return 0
 
 

@@ -25,9 +25,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxflows.data import pipeline
 from jaxflows.errors import ConfigError
 from jaxflows.models.base import DataInfo, Task, build_task
-from jaxflows.data import pipeline
 from jaxflows.train import input as engine_input
 from jaxflows.train import mesh as mesh_lib
 from jaxflows.train.checkpoint import Checkpointer, abstract_like

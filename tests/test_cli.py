@@ -1,0 +1,88 @@
+"""The `jaxflows` command: help, one-line errors with hints, data prepare, info, table."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(REPO, "tests", "train", "toy_config.py")
+
+
+def _cli(*args, data_dir=None, devices=1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if data_dir:
+        env["JAXFLOWS_DATA_DIR"] = str(data_dir)
+    return subprocess.run([sys.executable, "-m", "jaxflows.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300)
+
+
+def _one_error_line(out):
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    return lines[-1]
+
+
+def test_help_lists_commands():
+    out = _cli("--help")
+    assert out.returncode == 0
+    for cmd in ("data", "train", "eval", "sample", "info", "table"):
+        assert cmd in out.stdout
+
+
+def test_unknown_command_is_one_clear_line():
+    line = _one_error_line(_cli("frobnicate"))
+    assert "invalid choice: 'frobnicate'" in line
+
+
+def test_unknown_config_key_and_row(tmp_path):
+    line = _one_error_line(_cli("train", "--config", f"{TOY}:default", "--workdir",
+                                str(tmp_path / "w"), "--config.optim.learnig_rate=1"))
+    assert line.startswith("error: unknown config key 'optim.learnig_rate'")
+    assert "optim.learning_rate" in line
+    line = _one_error_line(_cli("info", "--config", "experiments/configs/vae_mnist.py:nope"))
+    assert "unknown row 'nope'" in line and "ccliniaf_k5" in line
+
+
+def test_missing_dataset_names_the_prepare_command(tmp_path):
+    line = _one_error_line(_cli("train", "--config", f"{TOY}:default", "--workdir",
+                                str(tmp_path / "w"), data_dir=tmp_path / "empty"))
+    assert "dataset digits is not prepared" in line
+    assert "jaxflows data prepare digits" in line
+
+
+def test_data_prepare_digits_and_info(tmp_path):
+    out = _cli("data", "prepare", "digits", "--data_dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "digits: train 1397, validation 200, test 200" in out.stdout
+    out = _cli("info", "--config", f"{TOY}:default", data_dir=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    params = [ln for ln in lines if ln.startswith("params: ")]
+    # toy MLP: 64*32+32 + 32*32+32 + 32*10+10
+    assert params == [f"params: {64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10}"]
+    assert any(ln.startswith("flops_per_example: ") for ln in lines)
+    assert any(ln.startswith("peak_bytes_per_device: ") for ln in lines)
+
+
+def test_table_renders_results(tmp_path):
+    results = {"command": "python x.py", "git_commit": "abc", "machine": "cpu",
+               "rows": [{"name": "vae", "test_nll": 90.5, "curve": [1, 2]}]}
+    (tmp_path / "demo.json").write_text(json.dumps(results))
+    out = _cli("table", "demo", "--results_dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "| name | test_nll |" in out.stdout and "| vae | 90.50 |" in out.stdout
+    assert "`python x.py`" in out.stdout
+    line = _one_error_line(_cli("table", "nope", "--results_dir", str(tmp_path)))
+    assert "no results file" in line and "demo" in line
+
+
+@pytest.mark.parametrize("sub", ["eval", "sample"])
+def test_eval_and_sample_need_a_trained_workdir(tmp_path, sub):
+    extra = ["--out", str(tmp_path / "x.png")] if sub == "sample" else []
+    line = _one_error_line(_cli(sub, "--workdir", str(tmp_path / "none"), *extra))
+    assert "has no config.json" in line

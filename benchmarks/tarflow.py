@@ -1,0 +1,222 @@
+"""TarFlow throughput: training examples/s and MFU, sequential vs Jacobi sampling, compile time.
+
+For two small models (``P-C-T-K`` on 16x16x3 random images, Gaussian noise 0.05, unconditional):
+  * one jitted training step (AdamW, forward + backward + update, ``config.dtype`` matmuls):
+    ms/step, examples/s, and **MFU** = XLA cost-analysis FLOPs of the compiled step / step time /
+    measured matmul peak of this machine (a jitted 2048x2048 float32 matmul, best of several);
+  * sampling ``--sample_batch`` images: sequential KV-cache inverse vs block-parallel Jacobi
+    (chunks of ``--jacobi_chunk`` tokens, tol 1e-4 relative, at most 16 iterations), images/s,
+    and the max difference between the two;
+  * compile times of the train step and of each sampler.
+Sampling uses the params after the timed training steps (a barely trained model: Jacobi
+converges in fewer iterations than on a trained one). Prints a Markdown table and writes
+``benchmarks/results/tarflow.json`` with the command, git commit and machine.
+
+    .venv/bin/python benchmarks/tarflow.py [--steps 10] [--batch 32] [--sample_batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxflows.models import tarflow_sampling as ts
+from jaxflows.models.base import DataInfo
+from jaxflows.models.tarflow import TarFlowTask, count_params, default_model_config
+from jaxflows.train.config import base_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+IMAGE = (16, 16, 3)
+SIZES = {  # name -> (patch, width, blocks, layers)
+    "2-128-2-2": (2, 128, 2, 2),
+    "2-256-4-2": (2, 256, 4, 2),
+}
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine(load_at_start: float) -> dict:
+    dev = jax.devices()[0]
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": dev.device_kind,
+        "num_devices": jax.device_count(),
+        "load_average_1m_at_start": load_at_start,
+        "load_average_1m_at_end": os.getloadavg()[0],
+    }
+
+
+def _block(tree):
+    return jax.tree.map(lambda a: a.block_until_ready(), tree)
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of a jitted ``n x n`` float32 matmul (best of ``reps``)."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    _block(f(a))
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        _block(f(a))
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def _task(size: str, dtype: str) -> TarFlowTask:
+    p, width, blocks, layers = SIZES[size]
+    c = base_config()
+    c.dtype = dtype
+    c.model = default_model_config(patch_size=p, channels=width, num_blocks=blocks,
+                                   layers_per_block=layers, head_dim=64, noise_type="gaussian",
+                                   noise_std=0.05)
+    return TarFlowTask(c, DataInfo(IMAGE, 0, 10_000))
+
+
+def bench(size: str, args) -> dict:
+    """Times training and sampling for one model size; returns a result row."""
+    task = _task(size, args.dtype)
+    rng = jax.random.key(0)
+    b = args.batch
+    batch = {"image": jax.random.randint(rng, (b, *IMAGE), 0, 256).astype(jnp.uint8),
+             "label": jnp.zeros((b,), jnp.int32)}
+    params = nn.unbox(jax.jit(task.init)(rng, batch))
+    tx = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
+    opt_state = tx.init(params)
+
+    def train_step(params, opt_state, batch, step):
+        (loss, _), grads = jax.value_and_grad(task.loss, has_aux=True)(
+            params, batch, jax.random.fold_in(rng, step), step)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    t = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(
+        params, opt_state, batch, jnp.int32(0)).compile()
+    compile_s = time.perf_counter() - t
+    flops = _flops(compiled)
+    params, opt_state, loss = _block(compiled(params, opt_state, batch, jnp.int32(0)))
+    t = time.perf_counter()
+    for i in range(args.steps):
+        params, opt_state, loss = compiled(params, opt_state, batch, jnp.int32(i + 1))
+    _block(loss)
+    step_s = (time.perf_counter() - t) / args.steps
+
+    row = {
+        "model": size, "image": "x".join(map(str, IMAGE)), "dtype": args.dtype,
+        "num_params": count_params(task.model), "batch": b,
+        "train_compile_s": compile_s, "train_step_ms": 1e3 * step_s,
+        "train_examples_per_s": b / step_s, "step_flops": flops,
+        "achieved_flops_per_s": flops / step_s, "mfu": flops / step_s / args.peak,
+        "final_loss": float(loss),
+    }
+    m, n_tok, d = task.model, task.model.num_tokens, task.model.token_dim
+    z = jax.random.normal(jax.random.key(1), (args.sample_batch, n_tok, d))
+    outs = {}
+    for name, opts in [("sequential", ts.SampleOptions()),
+                       ("jacobi", ts.SampleOptions(jacobi_chunk=args.jacobi_chunk,
+                                                   jacobi_max_iters=16, jacobi_tol=1e-4))]:
+        fn = jax.jit(lambda p, z, opts=opts: ts.sample_tokens(m, p, z, None, opts))
+        t = time.perf_counter()
+        c = fn.lower(params, z).compile()
+        row[f"{name}_compile_s"] = time.perf_counter() - t
+        _block(c(params, z))
+        t = time.perf_counter()
+        for _ in range(args.sample_reps):
+            x = c(params, z)
+        _block(x)
+        sec = (time.perf_counter() - t) / args.sample_reps
+        row[f"{name}_images_per_s"] = args.sample_batch / sec
+        outs[name] = np.asarray(x)
+    row["jacobi_chunk"] = args.jacobi_chunk
+    row["jacobi_max_abs_diff"] = float(np.abs(outs["jacobi"] - outs["sequential"]).max())
+    return row
+
+
+def markdown(rows: list[dict], peak: float) -> str:
+    """The result rows as a Markdown table."""
+    lines = [
+        f"Matmul peak (jitted 2048^2 float32): {peak / 1e9:.0f} GFLOP/s. Images 16x16x3, "
+        "patch 2 (64 tokens).",
+        "",
+        "| model P-C-T-K | params | batch | train ex/s | step ms | MFU | train compile s "
+        "| seq. sampling img/s | Jacobi img/s (chunk) | Jacobi max diff | sampler compile s "
+        "(seq/Jacobi) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['num_params'] / 1e6:.2f}M | {r['batch']} "
+            f"| {r['train_examples_per_s']:.0f} | {r['train_step_ms']:.0f} | {100 * r['mfu']:.1f}% "
+            f"| {r['train_compile_s']:.1f} | {r['sequential_images_per_s']:.1f} "
+            f"| {r['jacobi_images_per_s']:.1f} ({r['jacobi_chunk']}) "
+            f"| {r['jacobi_max_abs_diff']:.1e} "
+            f"| {r['sequential_compile_s']:.1f} / {r['jacobi_compile_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """Runs the benchmark; prints the table and writes the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--sample_batch", type=int, default=16)
+    ap.add_argument("--sample_reps", type=int, default=2)
+    ap.add_argument("--jacobi_chunk", type=int, default=16)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--sizes", default=",".join(SIZES))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/tarflow.json"))
+    args = ap.parse_args(argv)
+    load = os.getloadavg()[0]
+    args.peak = matmul_peak()
+    rows = [bench(s, args) for s in args.sizes.split(",")]
+    table = markdown(rows, args.peak)
+    print(table)
+    result = {
+        "command": " ".join([".venv/bin/python", "benchmarks/tarflow.py", *sys.argv[1:]]),
+        "git_commit": _git_commit(),
+        "machine": _machine(load),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "matmul_peak_flops_per_s": args.peak,
+        "results": rows,
+        "table": table,
+    }
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""jaxflows.nn."""

@@ -28,8 +28,8 @@ def _worker(config_spec: str, steps: int, devices: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxflows.train import build, load_config, train
     from jaxflows.data import pipeline
+    from jaxflows.train import build, load_config, train
     from jaxflows.train import input as engine_input
     from jaxflows.train.metrics import read_metrics
 

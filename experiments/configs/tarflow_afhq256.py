@@ -47,7 +47,7 @@ def get_config(arg: str = "cond"):
             patch_size=4, channels=64, head_dim=32, num_blocks=2, layers_per_block=2,
             noise_type="gaussian", noise_std=0.07, num_classes=10, drop_label=0.1)
         c.train.batch_size = 64
-        c.train.eval_batch_size = 100
+        c.train.eval_batch_size = 200
         c.train.num_steps = 40
         c.train.eval_every_epochs = 1.0
         c.train.log_every_steps = 10

@@ -2,6 +2,7 @@
 overhead against a bare jitted loop on the same model and batch.
 
     python benchmarks/engine.py [--config experiments/configs/vae_mnist.py:smoke] [--steps 400]
+        [--devices 1,8] [--dispatch 1,10]
 
 Each device count runs in its own subprocess (the fake-device flag must precede jax's import).
 The engine's rate is the mean of its own ``steps_per_s`` log lines after the first (compile)
@@ -24,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def _worker(config_spec: str, steps: int, devices: int) -> dict:
+def _worker(config_spec: str, steps: int, devices: int, dispatch: int) -> dict:
     import jax
     import numpy as np
 
@@ -37,7 +38,7 @@ def _worker(config_spec: str, steps: int, devices: int) -> dict:
     config = load_config(config_spec, [
         f"--config.mesh.data={devices}", f"--config.train.num_steps={steps}",
         f"--config.train.log_every_steps={log_every}", "--config.train.eval_every_epochs=0",
-        "--config.train.progress_bar=false"])
+        "--config.train.progress_bar=false", f"--config.train.steps_per_dispatch={dispatch}"])
     # bare loop: the same jitted step on one fixed batch, no input pipeline, no logging
     run = build(config)
     with jax.set_mesh(run.mesh):
@@ -65,7 +66,8 @@ def _worker(config_spec: str, steps: int, devices: int) -> dict:
         wall = time.perf_counter() - t0
         rates = [r["steps_per_s"] for r in read_metrics(wd) if "steps_per_s" in r][1:]
     engine = float(np.mean(rates))
-    return {"devices": devices, "batch_size": config.train.batch_size, "steps": steps,
+    return {"devices": devices, "steps_per_dispatch": dispatch,
+            "batch_size": config.train.batch_size, "steps": steps,
             "engine_steps_per_s": engine, "bare_steps_per_s": bare,
             "overhead_pct": 100.0 * (bare / engine - 1.0), "engine_wall_s_incl_compile": wall,
             "examples_per_s": engine * config.train.batch_size}
@@ -76,22 +78,25 @@ def main() -> None:
     p.add_argument("--config", default="experiments/configs/vae_mnist.py:smoke")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--devices", default="1,8")
+    p.add_argument("--dispatch", default="1,10", help="train.steps_per_dispatch values")
     p.add_argument("--_worker", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--_k", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._worker:
-        print("RESULT " + json.dumps(_worker(args.config, args.steps, args._worker)))
+        print("RESULT " + json.dumps(_worker(args.config, args.steps, args._worker, args._k)))
         return
     rows = []
     for d in [int(x) for x in args.devices.split(",")]:
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}",
-                   JAX_PLATFORMS="cpu")
-        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--steps",
-                              str(args.steps), "--_worker", str(d)], env=env, cwd=REPO,
-                             capture_output=True, text=True, check=False)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not line:
-            sys.exit(f"worker with {d} devices failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(line[0][7:]))
+        for k in [int(x) for x in args.dispatch.split(",")]:
+            env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}",
+                       JAX_PLATFORMS="cpu")
+            out = subprocess.run([sys.executable, __file__, "--config", args.config, "--steps",
+                                  str(args.steps), "--_worker", str(d), "--_k", str(k)],
+                                 env=env, cwd=REPO, capture_output=True, text=True, check=False)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if not line:
+                sys.exit(f"worker with {d} devices failed:\n{out.stderr[-3000:]}")
+            rows.append(json.loads(line[0][7:]))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip() or "uncommitted"
     result = {"command": "python " + " ".join(sys.argv), "git_commit": commit,
@@ -101,11 +106,13 @@ def main() -> None:
     with open(os.path.join(HERE, "results", "engine.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"config {args.config}, {args.steps} steps, commit {commit}\n")
-    print("| devices | engine steps/s | bare jit steps/s | engine overhead | examples/s |")
-    print("|---|---|---|---|---|")
+    print("| devices | steps/dispatch | engine steps/s | bare jit steps/s | engine overhead "
+          "| examples/s |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['devices']} | {r['engine_steps_per_s']:.1f} | {r['bare_steps_per_s']:.1f} | "
-              f"{r['overhead_pct']:+.1f}% | {r['examples_per_s']:.0f} |")
+        print(f"| {r['devices']} | {r['steps_per_dispatch']} | {r['engine_steps_per_s']:.1f} | "
+              f"{r['bare_steps_per_s']:.1f} | {r['overhead_pct']:+.1f}% | "
+              f"{r['examples_per_s']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.early_stopping_patience = -1  # in evaluations; -1 disables
     c.train.best_metric = ""  # "" -> the task's best_metric (lower is better)
     c.train.progress_bar = True
+    c.train.steps_per_dispatch = 1  # >1: run that many steps per jitted call (lax.scan)
     c.train.keep_best_params = True  # keep the best-by-validation params by value
 
     c.optim = ml_collections.ConfigDict()

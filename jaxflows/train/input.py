@@ -34,3 +34,14 @@ def to_global(local_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Arr
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
         for k, v in local_batch.items()
     }
+
+
+def to_global_stacked(local_batches: list[dict[str, np.ndarray]], sharding) -> dict[str, jax.Array]:
+    """Stacks ``k`` process-local batches into global ``[k, B, ...]`` arrays (axis 1 sharded)."""
+    out = {}
+    nproc = jax.process_count()
+    for key in local_batches[0]:
+        local = np.stack([b[key] for b in local_batches])
+        global_shape = (local.shape[0], local.shape[1] * nproc) + local.shape[2:]
+        out[key] = jax.make_array_from_process_local_data(sharding, local, global_shape)
+    return out

@@ -34,7 +34,7 @@ from jaxflows.train.checkpoint import Checkpointer, abstract_like
 from jaxflows.train.metrics import MetricsWriter
 from jaxflows.train.optim import learning_rate_schedule, make_optimizer
 from jaxflows.train.state import TrainState
-from jaxflows.train.steps import make_eval_step, make_train_step
+from jaxflows.train.steps import make_eval_step, make_multi_step, make_train_step
 
 
 @dataclasses.dataclass
@@ -56,6 +56,8 @@ class Run:
     train_step: Any
     eval_step: Any
     data_dir: str | None
+    multi_step: Any = None
+    stacked_batch_sharding: Any = None
 
 
 def _data_dir(config) -> str | None:
@@ -159,8 +161,15 @@ def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Ru
         in_shardings=(state_sh, b_sh), out_shardings=(state_sh, rep), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(task), in_shardings=(p_sh, b_sh, rep),
                         out_shardings=rep)
+    stacked_sh = jax.NamedSharding(mesh, jax.P(None, mesh_lib.BATCH_AXES))
+    multi_step = jax.jit(
+        make_multi_step(make_train_step(task, tx, schedule,
+                                        grad_accum_steps=config.optim.grad_accum_steps,
+                                        ema_decay=config.optim.ema_decay)),
+        in_shardings=(state_sh, stacked_sh), out_shardings=(state_sh, rep), donate_argnums=0)
     return Run(config, mesh, task, info, steps_per_epoch, total, eval_every, schedule, tx,
-               state_sh, b_sh, init_jit, train_step, eval_step, _data_dir(config))
+               state_sh, b_sh, init_jit, train_step, eval_step, _data_dir(config), multi_step,
+               stacked_sh)
 
 
 def _source(run: Run, split: str):
@@ -190,6 +199,19 @@ def evaluate_params(run: Run, params, source, seed: int) -> dict[str, float]:
             totals[k] = totals.get(k, 0.0) + float(v)
     count = totals.pop("_count", 0.0)
     return {k: v / max(count, 1.0) for k, v in totals.items()}
+
+
+def _dispatch_size(step: int, run: Run, sync_every: int) -> int:
+    """Steps to run in the next dispatch: up to ``train.steps_per_dispatch``, never past the
+    next log / eval / checkpoint-check step or the end (so every event sees the same step)."""
+    k = max(1, int(run.config.train.get("steps_per_dispatch", 1)))
+    if k == 1:
+        return 1
+    events = [run.config.train.log_every_steps, sync_every]
+    if run.eval_every_steps:
+        events.append(run.eval_every_steps)
+    nxt = min(run.total_steps, *[(step // e + 1) * e for e in events])
+    return max(1, min(k, nxt - step))
 
 
 class _StopFlag:
@@ -276,16 +298,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
 
         try:
             while step < run.total_steps and not loop["stopped_early"]:
-                batch = engine_input.to_global(next(iterator), run.batch_sharding)
-                state, metrics = run.train_step(state, batch)
-                # Stay at most one step ahead of the device: enough to overlap input work, and
-                # it bounds programs in flight (fake CPU devices can starve a collective).
+                k = _dispatch_size(step, run, sync_every)
+                if k == 1:
+                    batch = engine_input.to_global(next(iterator), run.batch_sharding)
+                    state, metrics = run.train_step(state, batch)
+                else:  # k steps in one jitted scan: amortises per-step host work
+                    batch = engine_input.to_global_stacked(
+                        [next(iterator) for _ in range(k)], run.stacked_batch_sharding)
+                    state, metrics = run.multi_step(state, batch)
+                # Stay at most one dispatch ahead of the device: enough to overlap input work,
+                # and it bounds programs in flight (fake CPU devices can starve a collective).
                 if in_flight is not None:
                     jax.block_until_ready(in_flight)
                 in_flight = metrics
-                step += 1
-                steps_since_log += 1
-                writer.advance(1)
+                step += k
+                steps_since_log += k
+                writer.advance(k)
                 if step % t.log_every_steps == 0 or step == run.total_steps:
                     metrics = jax.device_get(metrics)
                     now = time.time()

@@ -62,6 +62,24 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule, *,
     return train_step
 
 
+def make_multi_step(train_step):
+    """Returns ``multi_step(state, batches) -> (state, metrics of the last step)``.
+
+    ``batches`` has a leading axis of ``k`` steps; the steps run in one ``lax.scan``, each
+    exactly as ``train_step`` would (same rng folding from ``state.step``).
+    """
+
+    def multi_step(state: TrainState, batches):
+        def body(st, batch):
+            st, metrics = train_step(st, batch)
+            return st, metrics
+
+        state, metrics = jax.lax.scan(body, state, batches)
+        return state, jax.tree.map(lambda m: m[-1], metrics)
+
+    return multi_step
+
+
 def make_eval_step(task: Task):
     """Returns ``eval_step(params, batch, rng) -> {name: (masked sum, count)}``."""
 

@@ -36,3 +36,9 @@ def test_smoke_row_trains(spec, data_dir, tmp_path):
     assert len(losses) >= 2
     assert losses[-1] < losses[0], f"loss did not fall: {losses[0]} -> {losses[-1]}"
     assert (tmp_path / "eval.json").exists() and result["split"] == "test"
+    if "vae_mnist" in spec:  # per-image IS-NLL for paired comparisons between rows
+        import numpy as np
+
+        per = np.load(tmp_path / "eval_per_example.npz")
+        assert per["nll_is"].shape == (result["num_is_examples"],)
+        np.testing.assert_allclose(per["nll_is"].mean(), result["nll_is"], rtol=1e-5)

@@ -74,7 +74,9 @@ class Task:
         """Extra test-set metrics for ``jaxflows eval`` (e.g. importance-sampled NLL).
 
         ``batches()`` returns a fresh iterable of global eval batches (with ``mask``).
-        The default returns nothing; the engine always adds the ``eval_batch`` means.
+        The default returns nothing; the engine always adds the ``eval_batch`` means. An
+        optional ``per_example`` entry (a dict of arrays) is saved to
+        ``WORKDIR/eval_per_example.npz`` rather than to eval.json.
         """
         del params, batches, rng
         return {}

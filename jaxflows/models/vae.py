@@ -397,4 +397,7 @@ class VAETask(Task):
         out["num_is_samples"] = float(self.num_is_samples)
         out["num_examples"] = float(n)
         out["num_is_examples"] = float(n_is)
+        # per-image values (test order) for paired comparisons; the engine saves them to
+        # WORKDIR/eval_per_example.npz instead of eval.json
+        out["per_example"] = {"nll_is": vals["nll_is"], "neg_elbo": vals["neg_elbo"]}
         return out

@@ -403,7 +403,12 @@ def evaluate(workdir: str, *, config=None, run: Run | None = None,
         result.update(evaluate_params(run, params, source, seed=config.seed + 2))
         extra = run.task.final_eval(params, lambda: eval_batch_iter(run, source),
                                     jax.random.key(config.seed + 3))
+        per_example = extra.pop("per_example", None)
         result.update(extra)
+    if per_example and jax.process_index() == 0:  # for paired comparisons between runs
+        tmp = os.path.join(workdir, "eval_per_example.tmp.npz")
+        np.savez(tmp, **{k: np.asarray(v) for k, v in per_example.items()})
+        os.replace(tmp, os.path.join(workdir, "eval_per_example.npz"))
     result["eval_time_s"] = time.time() - t0
     result["params_used"] = ("best" if state.best_params is not None else
                              "ema" if state.ema_params is not None else "latest")

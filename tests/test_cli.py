@@ -86,3 +86,11 @@ def test_eval_and_sample_need_a_trained_workdir(tmp_path, sub):
     extra = ["--out", str(tmp_path / "x.png")] if sub == "sample" else []
     line = _one_error_line(_cli(sub, "--workdir", str(tmp_path / "none"), *extra))
     assert "has no config.json" in line
+
+
+def test_info_matches_official_tarflow_size_without_the_dataset(tmp_path):
+    out = _cli("info", "--config", "experiments/configs/tarflow_imagenet64.py:uncond",
+               "--no_compile", data_dir=tmp_path)
+    assert out.returncode == 0, out.stderr
+    params = int(next(ln for ln in out.stdout.splitlines() if ln.startswith("params: "))[8:])
+    assert abs(params - 460e6) / 460e6 < 0.01  # official 2-768-8-8 ImageNet-64: about 460M

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflows.errors import DatasetNotPreparedError
+from jaxflows.errors import UserError
 from jaxflows.models.base import DataInfo
 
 
@@ -22,7 +22,7 @@ def _info_data(config) -> DataInfo:
 
     try:
         return data_info(config)
-    except DatasetNotPreparedError:
+    except UserError:  # not prepared here, or not an offline dataset (ImageNet)
         if not config.data.image_shape:
             raise
         return DataInfo(image_shape=tuple(config.data.image_shape),

@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -30,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflows.bijectors import EXAMPLES
+from jaxflows.provenance import git_commit, machine_info
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -63,32 +62,6 @@ DISTRAX = {
     "affine_coupling": ("distrax.MaskedCoupling", _distrax_coupling),
     "actnorm": ("distrax.Block(ScalarAffine)", _distrax_actnorm),
 }
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return out.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def _machine(load_at_start: float) -> dict:
-    dev = jax.devices()[0]
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "distrax": distrax.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": dev.device_kind,
-        "load_average_1m_at_start": load_at_start,
-        "load_average_1m_at_end": os.getloadavg()[0],
-    }
 
 
 _FWD = jax.jit(lambda b, x: b.forward_and_log_det(x))
@@ -155,9 +128,9 @@ def main(argv=None) -> int:
 
     result = {
         "command": " ".join([".venv/bin/python", *sys.argv]) if argv is None else argv,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(str(ROOT)),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "machine": _machine(load0),
+        "machine": machine_info(load0, distrax=distrax.__version__),
         "batch": args.batch,
         "reps": args.reps,
         "dims": dims,

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+from jaxflows.provenance import git_commit, machine_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -97,10 +98,9 @@ def main() -> None:
             if not line:
                 sys.exit(f"worker with {d} devices failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(line[0][7:]))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip() or "uncommitted"
+    commit = git_commit(REPO)
     result = {"command": "python " + " ".join(sys.argv), "git_commit": commit,
-              "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
+              "machine": machine_info(),
               "config": args.config, "rows": rows}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "engine.json"), "w") as f:

@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -35,6 +33,7 @@ import optax
 from jaxflows.models import tarflow_sampling as ts
 from jaxflows.models.base import DataInfo
 from jaxflows.models.tarflow import TarFlowTask, count_params, default_model_config
+from jaxflows.provenance import git_commit, machine_info
 from jaxflows.train.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,32 +42,6 @@ SIZES = {  # name -> (patch, width, blocks, layers)
     "2-128-2-2": (2, 128, 2, 2),
     "2-256-4-2": (2, 256, 4, 2),
 }
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _machine(load_at_start: float) -> dict:
-    dev = jax.devices()[0]
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": dev.device_kind,
-        "num_devices": jax.device_count(),
-        "load_average_1m_at_start": load_at_start,
-        "load_average_1m_at_end": os.getloadavg()[0],
-    }
 
 
 def _block(tree):
@@ -206,8 +179,8 @@ def main(argv=None) -> None:
     print(table)
     result = {
         "command": " ".join([".venv/bin/python", "benchmarks/tarflow.py", *sys.argv[1:]]),
-        "git_commit": _git_commit(),
-        "machine": _machine(load),
+        "git_commit": git_commit(str(ROOT)),
+        "machine": machine_info(load),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "matmul_peak_flops_per_s": args.peak,
         "results": rows,

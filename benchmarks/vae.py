@@ -18,8 +18,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -31,6 +29,7 @@ from flax import linen as nn
 
 from jaxflows.eval.likelihood import importance_sampled_nll
 from jaxflows.models.base import DataInfo, build_task
+from jaxflows.provenance import git_commit, machine_info
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST = DataInfo(image_shape=(28, 28, 1), num_classes=10, num_train=50_000, num_eval=10_000)
@@ -44,35 +43,6 @@ def _config(row: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config(row)
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _machine(load_at_start: float) -> dict:
-    dev = jax.devices()[0]
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": dev.device_kind,
-        "num_devices": jax.device_count(),
-        # this CPU is shared: the 1-minute load average says how contended the timings were
-        "load_average_1m_at_start": load_at_start,
-        "load_average_1m_at_end": os.getloadavg()[0],
-    }
 
 
 def _block(tree):
@@ -180,8 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "command": " ".join([".venv/bin/python", "benchmarks/vae.py", *sys.argv[1:]]),
-        "git_commit": _git_commit(),
-        "machine": _machine(load_at_start),
+        "git_commit": git_commit(str(ROOT)),
+        "machine": machine_info(load_at_start),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "results": results,
         "table_markdown": table,

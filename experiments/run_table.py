@@ -15,28 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
+from jaxflows.provenance import git_commit, machine_summary
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-
-
-def _git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, cwd=REPO).stdout.strip()
-    return (out.stdout.strip() or "uncommitted") + ("+dirty" if dirty else "")
-
-
-def _machine() -> str:
-    import jax
-
-    dev = jax.devices()[0]
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {dev.platform} "
-            f"({dev.device_kind}), jax {jax.__version__}")
 
 
 def _curves(workdir: str) -> dict:
@@ -75,8 +61,8 @@ def collect(name: str, rows: list[str], workroot: str, overrides: list[str], com
         entry.update((extra_rows or {}).get(row, {}))
         entry["curves"] = _curves(wd)
         out_rows.append(entry)
-    return {"title": name, "command": command, "git_commit": _git_commit(),
-            "machine": _machine(), "protocol": " ".join(overrides) or "config defaults",
+    return {"title": name, "command": command, "git_commit": git_commit(REPO),
+            "machine": machine_summary(), "protocol": " ".join(overrides) or "config defaults",
             "rows": out_rows}
 
 

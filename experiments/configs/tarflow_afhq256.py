@@ -10,14 +10,12 @@ Rows (``experiments/configs/tarflow_afhq256.py:ROW``):
 Optimiser (ml-tarflow): AdamW (0.9, 0.95), weight decay 1e-4, one warmup epoch, cosine to 1e-6.
 """
 
-from jaxflows.models.tarflow import default_model_config
-from jaxflows.train.config import base_config
+from jaxflows.models.tarflow import default_model_config, official_recipe_config
 
 
 def get_config(arg: str = "cond"):
     """Returns the config of row ``arg`` (cond | smoke)."""
-    c = base_config()
-    c.sharding_rules = tuple(c.sharding_rules) + (("layers", None),)
+    c = official_recipe_config(learning_rate=1e-4)
     c.data.name = "afhq"
     c.data.image_shape = (256, 256, 3)  # for `jaxflows info` where the data is absent
     c.data.num_classes = 3
@@ -28,13 +26,6 @@ def get_config(arg: str = "cond"):
     c.train.num_epochs = 4000.0
     c.train.eval_every_epochs = 200.0
     c.train.checkpoint_every_secs = 1800.0
-    c.optim.name = "adamw"
-    c.optim.b1, c.optim.b2 = 0.9, 0.95
-    c.optim.weight_decay = 1e-4
-    c.optim.schedule = "warmup_cosine"
-    c.optim.warmup_epochs = 1.0
-    c.optim.learning_rate = 1e-4
-    c.optim.end_lr_factor = 1e-2
     c.dtype = "bfloat16"
     if arg == "cond":
         c.model = default_model_config(

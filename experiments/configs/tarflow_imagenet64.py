@@ -14,14 +14,12 @@ Rows (``experiments/configs/tarflow_imagenet64.py:ROW``):
 Optimiser (ml-tarflow): AdamW (0.9, 0.95), weight decay 1e-4, one warmup epoch, cosine to 1e-6.
 """
 
-from jaxflows.models.tarflow import default_model_config
-from jaxflows.train.config import base_config
+from jaxflows.models.tarflow import default_model_config, official_recipe_config
 
 
 def get_config(arg: str = "uncond"):
     """Returns the config of row ``arg`` (uncond | bpd | cond | smoke)."""
-    c = base_config()
-    c.sharding_rules = tuple(c.sharding_rules) + (("layers", None),)
+    c = official_recipe_config(learning_rate=1e-4)
     c.data.name = "downsampled_imagenet/64x64"
     c.data.image_shape = (64, 64, 3)  # for `jaxflows info` where the data is absent
     c.data.num_classes = 1000
@@ -32,13 +30,6 @@ def get_config(arg: str = "uncond"):
     c.train.num_epochs = 200.0
     c.train.eval_every_epochs = 5.0
     c.train.checkpoint_every_secs = 1800.0
-    c.optim.name = "adamw"
-    c.optim.b1, c.optim.b2 = 0.9, 0.95
-    c.optim.weight_decay = 1e-4
-    c.optim.schedule = "warmup_cosine"
-    c.optim.warmup_epochs = 1.0
-    c.optim.learning_rate = 1e-4
-    c.optim.end_lr_factor = 1e-2  # 1e-6 / 1e-4
     c.dtype = "bfloat16"
     big = dict(patch_size=2, channels=768, num_blocks=8, layers_per_block=8, head_dim=64)
     if arg == "uncond":

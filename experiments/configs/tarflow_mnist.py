@@ -9,26 +9,17 @@ Rows (``experiments/configs/tarflow_mnist.py:ROW``):
 Optimiser (ml-tarflow): AdamW (0.9, 0.95), weight decay 1e-4, one warmup epoch, cosine to 1e-6.
 """
 
-from jaxflows.models.tarflow import default_model_config
-from jaxflows.train.config import base_config
+from jaxflows.models.tarflow import default_model_config, official_recipe_config
 
 
 def get_config(arg: str = "conditional"):
     """Returns the config of row ``arg`` (likelihood | conditional | smoke)."""
-    c = base_config()
-    c.sharding_rules = tuple(c.sharding_rules) + (("layers", None),)
+    c = official_recipe_config(learning_rate=2e-3)
     c.data.name = "mnist"
     c.train.batch_size = 256
     c.train.eval_batch_size = 500
     c.train.num_epochs = 100.0
     c.train.eval_every_epochs = 5.0
-    c.optim.name = "adamw"
-    c.optim.b1, c.optim.b2 = 0.9, 0.95
-    c.optim.weight_decay = 1e-4
-    c.optim.schedule = "warmup_cosine"
-    c.optim.warmup_epochs = 1.0
-    c.optim.learning_rate = 2e-3
-    c.optim.end_lr_factor = 1e-6 / 2e-3
     c.dtype = "float32"
     if arg == "likelihood":
         c.model = default_model_config(noise_type="uniform", noise_std=0.0)

@@ -282,6 +282,23 @@ def to_signed_unit(image: jax.Array) -> jax.Array:
 # Task
 
 
+def official_recipe_config(learning_rate: float) -> ml_collections.ConfigDict:
+    """Engine config with ml-tarflow's recipe: AdamW (0.9, 0.95), weight decay 1e-4, one warmup
+    epoch, cosine decay to 1e-6, and the ``layers`` logical axis (scanned Transformer layers)."""
+    from jaxflows.train.config import base_config
+
+    c = base_config()
+    c.sharding_rules = tuple(c.sharding_rules) + (("layers", None),)
+    c.optim.name = "adamw"
+    c.optim.b1, c.optim.b2 = 0.9, 0.95
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_epochs = 1.0
+    c.optim.learning_rate = learning_rate
+    c.optim.end_lr_factor = 1e-6 / learning_rate
+    return c
+
+
 def default_model_config(**overrides: Any) -> ml_collections.ConfigDict:
     """``config.model`` for TarFlow with every key the task reads (defaults: MNIST notebook
     4-128-4-4, Gaussian noise 0.1, unconditional). Experiment configs override fields."""

@@ -1,0 +1,59 @@
+"""Provenance for benchmark and experiment records: git commit and machine description.
+
+jax is imported inside the functions that need it, so :func:`git_commit` works without it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Any
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit(repo_dir: str | None = None) -> str:
+    """HEAD hash of ``repo_dir`` (default: this checkout), ``+dirty`` if tracked files are
+    modified; ``"unknown"`` when git is unavailable or ``repo_dir`` is not a repository."""
+    cwd = repo_dir or _REPO
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=cwd, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return (head + ("+dirty" if status else "")) if head else "unknown"
+
+
+def machine_info(load_at_start: float | None = None, **extra: Any) -> dict:
+    """Platform, CPU, jax version/backend/devices and the 1-minute load average (at
+    ``load_at_start`` if given, and now: timings on a shared CPU depend on it); ``extra``
+    entries (e.g. ``distrax=distrax.__version__``) are merged in."""
+    import jax
+
+    dev = jax.devices()[0]
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": dev.device_kind,
+        "num_devices": jax.device_count(),
+    }
+    if load_at_start is not None:
+        info["load_average_1m_at_start"] = load_at_start
+    info["load_average_1m_at_end"] = os.getloadavg()[0]
+    info.update(extra)
+    return info
+
+
+def machine_summary() -> str:
+    """One line, e.g. ``"x86_64, 8 CPU cores, cpu (cpu), jax 0.7.0"``."""
+    import jax
+
+    dev = jax.devices()[0]
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {dev.platform} "
+            f"({dev.device_kind}), jax {jax.__version__}")

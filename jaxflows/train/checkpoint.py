@@ -11,13 +11,16 @@ each save is an ``ocp.args.Composite`` of
 
 Saves are async and atomic (Orbax writes to a temporary directory and renames it on commit), the
 latest ``keep`` checkpoints are preserved plus the best one by the validation metric. A checkpoint
-that fails to restore (partial or corrupt) is skipped with a warning for the previous one.
+that fails to restore (partial or corrupt) is skipped with a warning for the previous one, and
+moved to ``WORKDIR/corrupt_checkpoints`` so the resumed run can save that step again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -34,6 +37,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 2, best_metric: str | None = None,
                  async_saves: bool = True):
         directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = directory
         policies = [ocp.checkpoint_managers.LatestN(n=max(1, keep))]
         if best_metric:
             # BestN keeps the last n after sorting; reverse=True sorts descending, so the kept
@@ -69,6 +73,7 @@ class Checkpointer:
         Returns ``(step, state, data_state, loop)`` or None when there is none. A checkpoint
         that fails to read is skipped with a warning, falling back to the previous one.
         """
+        bad = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -79,9 +84,31 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001  (any read failure means: try the previous)
                 logging.warning("checkpoint at step %d is unreadable (%s: %s); trying the "
                                 "previous one", step, type(e).__name__, str(e).splitlines()[0])
+                bad.append(step)
                 continue
+            self._set_aside(bad)
             return step, restored.state, restored.data, restored.loop
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable checkpoints to ``WORKDIR/corrupt_checkpoints`` (kept for forensics,
+        out of the manager's way so the resumed run's own saves of those steps can land)."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                dst = os.path.join(aside, f"{step}-{int(time.time())}")
+                if os.path.exists(src):
+                    shutil.move(src, dst)
+                    logging.warning("moved unreadable checkpoint %s to %s", src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxflows_checkpoint_set_aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed."""

@@ -44,9 +44,25 @@ def _curves(workdir: str) -> dict:
     return curves
 
 
+def _paired(workdir: str, base_dir: str, key: str) -> dict:
+    """Mean and standard error of ``key`` (row minus baseline) over the same test examples."""
+    import numpy as np
+
+    a_path = os.path.join(workdir, "eval_per_example.npz")
+    b_path = os.path.join(base_dir, "eval_per_example.npz")
+    if not (os.path.exists(a_path) and os.path.exists(b_path)):
+        return {}
+    a, b = np.load(a_path)[key], np.load(b_path)[key]
+    n = min(len(a), len(b))
+    d = a[:n] - b[:n]
+    return {f"{key}_minus_baseline": float(d.mean()),
+            f"{key}_minus_baseline_sem": float(d.std(ddof=1) / np.sqrt(n))}
+
+
 def collect(name: str, rows: list[str], workroot: str, overrides: list[str], command: str,
-            extra_rows: dict | None = None) -> dict:
-    """Builds the results dict from the row workdirs."""
+            extra_rows: dict | None = None, baseline: str | None = None,
+            paired_key: str = "nll_is") -> dict:
+    """Builds the results dict from the row workdirs (paired differences against ``baseline``)."""
     out_rows = []
     for row in rows:
         wd = os.path.join(workroot, row)
@@ -58,6 +74,8 @@ def collect(name: str, rows: list[str], workroot: str, overrides: list[str], com
                     entry.update({f"test_{k}" if fname == "eval.json" and k not in
                                   ("split", "step", "params_used", "eval_time_s") else k: v
                                   for k, v in json.load(f).items()})
+        if baseline and row != baseline:
+            entry.update(_paired(wd, os.path.join(workroot, baseline), paired_key))
         entry.update((extra_rows or {}).get(row, {}))
         entry["curves"] = _curves(wd)
         out_rows.append(entry)
@@ -76,6 +94,11 @@ def main() -> int:
     p.add_argument("--paper", default=None, help="JSON file of {row: {column: value}} to merge")
     p.add_argument("--columns", default=None, help="comma-separated columns of the Markdown table")
     p.add_argument("--notes", default=None, help="a sentence stored with the results")
+    p.add_argument("--command", default=None,
+                   help="with --collect_only: the command that trained the rows, recorded as "
+                        "`command` (this invocation is recorded as `collect_command`)")
+    p.add_argument("--baseline", default=None,
+                   help="row to compare every other row with, example by example")
     args = p.parse_args()
     rows = args.rows.split(",")
     workroot = args.workroot or os.path.join(REPO, "workdirs", args.name)
@@ -97,10 +120,13 @@ def main() -> int:
         with open(args.paper) as f:
             extra = json.load(f)
     path = os.path.join(HERE, "results", f"{args.name}.json")
-    if args.collect_only and os.path.exists(path):
-        with open(path) as f:  # keep the command that trained the rows
-            command = json.load(f).get("command", command)
-    results = collect(args.name, rows, workroot, overrides, command, extra)
+    collect_command = None
+    if args.collect_only:
+        collect_command = command
+        command = args.command or command
+    results = collect(args.name, rows, workroot, overrides, command, extra, args.baseline)
+    if collect_command:
+        results["collect_command"] = collect_command
     if args.columns:
         results["columns"] = args.columns.split(",")
     if args.notes:

@@ -41,10 +41,15 @@ def _run_one(name: str, spec: str, out: str) -> dict:
     result = train(config, workdir)
     result["train_and_eval_s"] = time.time() - t0
     images = sample_images(workdir, num=64, seed=0)
-    save_grid(images, os.path.join(out, f"{name}_samples.png"))
+    save_grid(_upscale(images), os.path.join(out, f"{name}_samples.png"))
     if name in ("vae", "ccliniaf"):
         _reconstructions(workdir, os.path.join(out, f"{name}_reconstructions.png"))
     return result
+
+
+def _upscale(images: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Nearest-neighbour upscaling of ``[N, H, W, C]`` so 8x8 digits are visible in a PNG."""
+    return np.repeat(np.repeat(np.asarray(images), factor, axis=1), factor, axis=2)
 
 
 def _reconstructions(workdir: str, path: str) -> None:
@@ -63,7 +68,7 @@ def _reconstructions(workdir: str, path: str) -> None:
     with jax.set_mesh(run.mesh):
         recon = run.task.reconstruct(state.eval_params(), images, jax.random.key(0))
     grid = np.concatenate([images.astype(np.float32) / 255.0, np.asarray(recon)], axis=0)
-    save_grid(grid, path)
+    save_grid(_upscale(grid), path)
 
 
 def main(argv=None) -> int:

@@ -74,6 +74,11 @@ def collect(name: str, rows: list[str], workroot: str, overrides: list[str], com
                     entry.update({f"test_{k}" if fname == "eval.json" and k not in
                                   ("split", "step", "params_used", "eval_time_s") else k: v
                                   for k, v in json.load(f).items()})
+        if "train_wall_time_s" in entry:  # training + final evaluation
+            entry["wall_time_s"] = entry["train_wall_time_s"] + entry.get("eval_time_s", 0.0)
+        if "test_nll_is" in entry:  # the table's -log p(x) is the importance-sampled one
+            entry["test_nll"] = entry["test_nll_is"]
+            entry["test_nll_sem"] = entry.get("test_nll_is_sem")
         if baseline and row != baseline:
             entry.update(_paired(wd, os.path.join(workroot, baseline), paired_key))
         entry.update((extra_rows or {}).get(row, {}))

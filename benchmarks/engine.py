@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--devices", default="1,8")
     p.add_argument("--dispatch", default="1,10", help="train.steps_per_dispatch values")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "engine.json"))
     p.add_argument("--_worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--_k", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -103,7 +104,7 @@ def main() -> None:
               "machine": machine_info(),
               "config": args.config, "rows": rows}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "engine.json"), "w") as f:
+    with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"config {args.config}, {args.steps} steps, commit {commit}\n")
     print("| devices | steps/dispatch | engine steps/s | bare jit steps/s | engine overhead "

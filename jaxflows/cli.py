@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate WORKDIR's params on the test split")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--split", default=None)
+    ev.add_argument("--output", default="eval.json",
+                    help="file name inside WORKDIR (default eval.json)")
+    ev.epilog = ("extra flags --config.KEY=VALUE change evaluation settings of the saved config, "
+                 "e.g. --config.model.num_is_examples=-1")
     multihost(ev)
 
     sa = sub.add_parser("sample", help="write a PNG grid of samples")
@@ -111,13 +115,14 @@ def _cmd_train(args, overrides) -> None:
         print(json.dumps(result, indent=2, sort_keys=True))
 
 
-def _cmd_eval(args) -> None:
+def _cmd_eval(args, overrides) -> None:
     _init_distributed(args)
     from jaxflows.train import evaluate
 
     if not os.path.exists(os.path.join(args.workdir, "config.json")):
         raise UserError(f"{args.workdir} has no config.json", hint="train into it first")
-    print(json.dumps(evaluate(args.workdir, split=args.split), indent=2, sort_keys=True))
+    result = evaluate(args.workdir, split=args.split, overrides=overrides, output=args.output)
+    print(json.dumps(result, indent=2, sort_keys=True))
 
 
 def _cmd_sample(args) -> None:
@@ -153,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = _split_overrides(argv)
     parser = _parser()
     args = parser.parse_args(rest)
-    if overrides and args.command not in ("train", "info"):
-        parser.error(f"--config.KEY=VALUE overrides only apply to train and info, got "
+    if overrides and args.command not in ("train", "eval", "info"):
+        parser.error(f"--config.KEY=VALUE overrides only apply to train, eval and info, got "
                      f"{overrides[0]}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             _cmd_train(args, overrides)
         elif args.command == "eval":
-            _cmd_eval(args)
+            _cmd_eval(args, overrides)
         elif args.command == "sample":
             _cmd_sample(args)
         elif args.command == "info":

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from jaxflows.data.registry import prepare
-from jaxflows.train import load_config, train
+from jaxflows.train import evaluate, load_config, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "*.py")))
@@ -42,3 +42,9 @@ def test_smoke_row_trains(spec, data_dir, tmp_path):
         per = np.load(tmp_path / "eval_per_example.npz")
         assert per["nll_is"].shape == (result["num_is_examples"],)
         np.testing.assert_allclose(per["nll_is"].mean(), result["nll_is"], rtol=1e-5)
+        # re-evaluate with a changed evaluation setting into another file
+        small = evaluate(str(tmp_path), overrides=["--config.model.num_is_examples=10"],
+                         output="eval_small.json")
+        assert small["num_is_examples"] == 10
+        assert (tmp_path / "eval_small.json").exists()
+        assert np.load(tmp_path / "eval_small_per_example.npz")["nll_is"].shape == (10,)

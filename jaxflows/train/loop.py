@@ -387,11 +387,20 @@ def restore_for_eval(run: Run, workdir: str) -> tuple[int, TrainState]:
 
 
 def evaluate(workdir: str, *, config=None, run: Run | None = None,
-             split: str | None = None) -> dict:
-    """Evaluates the workdir's best/EMA/latest params on the test split -> WORKDIR/eval.json."""
+             split: str | None = None, overrides=(), output: str = "eval.json") -> dict:
+    """Evaluates the workdir's best/EMA/latest params on the test split -> WORKDIR/``output``.
+
+    ``overrides`` (``--config.KEY=VALUE``) change evaluation settings of the saved config, e.g.
+    ``model.num_is_examples=-1``; per-example values go to ``<output stem>_per_example.npz``.
+    """
+    from jaxflows.train.config_loader import apply_overrides
+
     if config is None:
         with open(os.path.join(workdir, "config.json")) as f:
             config = ml_collections.ConfigDict(json.load(f))
+    if overrides:
+        config = apply_overrides(config, overrides)
+        run = None
     run = run or build(config)
     split = split or config.data.test_split
     step, state = restore_for_eval(run, workdir)
@@ -406,12 +415,13 @@ def evaluate(workdir: str, *, config=None, run: Run | None = None,
         per_example = extra.pop("per_example", None)
         result.update(extra)
     if per_example and jax.process_index() == 0:  # for paired comparisons between runs
-        tmp = os.path.join(workdir, "eval_per_example.tmp.npz")
+        stem = os.path.splitext(output)[0]
+        tmp = os.path.join(workdir, f"{stem}_per_example.tmp.npz")
         np.savez(tmp, **{k: np.asarray(v) for k, v in per_example.items()})
-        os.replace(tmp, os.path.join(workdir, "eval_per_example.npz"))
+        os.replace(tmp, os.path.join(workdir, f"{stem}_per_example.npz"))
     result["eval_time_s"] = time.time() - t0
     result["params_used"] = ("best" if state.best_params is not None else
                              "ema" if state.ema_params is not None else "latest")
     if jax.process_index() == 0:
-        _write_json_atomic(os.path.join(workdir, "eval.json"), result)
+        _write_json_atomic(os.path.join(workdir, output), result)
     return result

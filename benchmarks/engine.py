@@ -33,6 +33,7 @@ def _worker(config_spec: str, steps: int, devices: int, dispatch: int) -> dict:
     from jaxflows.data import pipeline
     from jaxflows.train import build, load_config, train
     from jaxflows.train import input as engine_input
+    from jaxflows.train.loop import open_split
     from jaxflows.train.metrics import read_metrics
 
     log_every = 50
@@ -43,9 +44,7 @@ def _worker(config_spec: str, steps: int, devices: int, dispatch: int) -> dict:
     # bare loop: the same jitted step on one fixed batch, no input pipeline, no logging
     run = build(config)
     with jax.set_mesh(run.mesh):
-        src = engine_input.materialize(
-            __import__("jaxflows.data.registry", fromlist=["load_source"]).load_source(
-                config.data.name, config.data.train_split, config.data.data_dir or None))
+        src = open_split(run, config.data.train_split)
         it = pipeline.train_iterator(src, global_batch_size=config.train.batch_size, seed=0)
         batch = engine_input.to_global(next(it), run.batch_sharding)
         state = run.init_fn(config.seed)

@@ -57,13 +57,13 @@ def _reconstructions(workdir: str, path: str) -> None:
     import ml_collections
 
     from jaxflows.eval.grid import save_grid
-    from jaxflows.train.loop import _source, build, restore_for_eval
+    from jaxflows.train.loop import build, open_split, restore_for_eval
 
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     run = build(config)
     _, state = restore_for_eval(run, workdir)
-    source = _source(run, config.data.test_split)
+    source = open_split(run, config.data.test_split)
     images = source.get_batch(np.arange(32))["image"]
     with jax.set_mesh(run.mesh):
         recon = run.task.reconstruct(state.eval_params(), images, jax.random.key(0))

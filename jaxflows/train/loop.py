@@ -172,7 +172,9 @@ def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Ru
                stacked_sh)
 
 
-def _source(run: Run, split: str):
+def open_split(run: Run, split: str):
+    """The run's dataset split as a random-access source (in memory when small); eval and test
+    splits are binarized once when ``data.eval_binarize_seed >= 0``."""
     from jaxflows.data.registry import FixedBinarizedSource, load_source
 
     source = load_source(run.config.data.name, split, run.data_dir)
@@ -262,8 +264,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
     ckpt = Checkpointer(workdir, keep=t.keep_checkpoints,
                         best_metric="val_" + best_metric if t.eval_every_epochs > 0 else None)
     with jax.set_mesh(run.mesh):
-        train_src = _source(run, config.data.train_split)
-        eval_src = (_source(run, config.data.eval_split)
+        train_src = open_split(run, config.data.train_split)
+        eval_src = (open_split(run, config.data.eval_split)
                     if config.data.eval_split and run.eval_every_steps else None)
         iterator = pipeline.train_iterator(
             train_src, global_batch_size=t.batch_size, seed=config.seed,
@@ -407,7 +409,7 @@ def evaluate(workdir: str, *, config=None, run: Run | None = None,
     params = state.eval_params()
     t0 = time.time()
     with jax.set_mesh(run.mesh):
-        source = _source(run, split)
+        source = open_split(run, split)
         result = {"split": split, "step": step}
         result.update(evaluate_params(run, params, source, seed=config.seed + 2))
         extra = run.task.final_eval(params, lambda: eval_batch_iter(run, source),

@@ -39,9 +39,16 @@ def _curves(workdir: str) -> dict:
     for r in train:
         per_epoch[int(r["epoch"] - 1e-9)] = r
     curves["train"] = [{"epoch": r["epoch"], "loss": r["loss"],
-                        **({"neg_elbo": r["neg_elbo"]} if "neg_elbo" in r else {})}
+                        **({"neg_elbo": r["neg_elbo"]} if "neg_elbo" in r else {}),
+                        **({"examples_per_s": r["examples_per_s"]}
+                           if "examples_per_s" in r else {})}
                        for _, r in sorted(per_epoch.items())]
     return curves
+
+
+def _median_throughput(curves: dict) -> dict:
+    rates = sorted(r["examples_per_s"] for r in curves["train"] if "examples_per_s" in r)
+    return {"train_examples_per_s": rates[len(rates) // 2]} if rates else {}
 
 
 def _paired(workdir: str, base_dir: str, key: str) -> dict:
@@ -83,6 +90,7 @@ def collect(name: str, rows: list[str], workroot: str, overrides: list[str], com
             entry.update(_paired(wd, os.path.join(workroot, baseline), paired_key))
         entry.update((extra_rows or {}).get(row, {}))
         entry["curves"] = _curves(wd)
+        entry.update(_median_throughput(entry["curves"]))
         out_rows.append(entry)
     return {"title": name, "command": command, "git_commit": git_commit(REPO),
             "machine": machine_summary(), "protocol": " ".join(overrides) or "config defaults",
@@ -97,6 +105,9 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every row")
     p.add_argument("--collect_only", action="store_true")
     p.add_argument("--paper", default=None, help="JSON file of {row: {column: value}} to merge")
+    p.add_argument("--merge", action="append", default=[],
+                   help="ROW.KEY=FILE: put the `rows` list of results file FILE (e.g. a "
+                        "guidance sweep) into row ROW under KEY, with that file's provenance")
     p.add_argument("--columns", default=None, help="comma-separated columns of the Markdown table")
     p.add_argument("--notes", default=None, help="a sentence stored with the results")
     p.add_argument("--command", default=None,
@@ -124,6 +135,16 @@ def main() -> int:
     if args.paper:
         with open(args.paper) as f:
             extra = json.load(f)
+    for spec in args.merge:
+        target, _, fname = spec.partition("=")
+        row, _, key = target.partition(".")
+        if not (row and key and fname):
+            p.error(f"--merge wants ROW.KEY=FILE, got {spec!r}")
+        with open(fname) as f:
+            merged = json.load(f)
+        extra = extra or {}
+        extra.setdefault(row, {})[key] = merged["rows"]
+        extra[row][f"{key}_provenance"] = {k: v for k, v in merged.items() if k != "rows"}
     path = os.path.join(HERE, "results", f"{args.name}.json")
     collect_command = None
     if args.collect_only:

@@ -182,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"error: {e} (the checkpoints before it are kept; lower optim.learning_rate, set "
+              "optim.grad_clip_norm, or optim.skip_nonfinite_max=N to skip such updates)",
+              file=sys.stderr)
+        return 2
     return 0
 
 

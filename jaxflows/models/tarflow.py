@@ -25,6 +25,12 @@ We keep no non-param state: the prior log-variance is a **parameter** ``prior_lo
 by maximum likelihood to ``stop_gradient(z)`` (an extra loss term that touches no other weight;
 its minimiser is ``E[z^2]``, the EMA's fixed point). The flow's own loss is unchanged.
 
+Logit preprocessing (``logit_alpha > 0``, uniform dequantisation only; not in ml-tarflow): the
+flow models ``logit(alpha + (1 - 2 alpha) (x + 1) / 2)`` of the dequantised pixels, RealNVP's and
+MAF's transform for bounded data, with its log-det counted in the likelihood (bits/dim stays the
+official formula on pixels); the sampler maps back through the sigmoid. On MNIST it spares the flow
+learning ~e^6 contractions of the always-black background before anything else.
+
 The flow arithmetic (proj_in, proj_out, affine maps, log-dets) is float32; Transformer matmuls
 run in ``config.dtype``. Sampling lives in :mod:`jaxflows.models.tarflow_sampling`.
 """
@@ -35,6 +41,7 @@ import logging
 import math
 from typing import Any
 
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -277,6 +284,17 @@ def to_signed_unit(image: jax.Array) -> jax.Array:
     return image.astype(jnp.float32) / 127.5 - 1.0
 
 
+def logit_bijector(alpha: float) -> distrax.Bijector:
+    """Elementwise ``x in [-1, 1] -> logit(alpha + (1 - 2 alpha) (x + 1) / 2)`` (RealNVP's / MAF's
+    logit preprocessing, as a distrax chain): ``forward_and_log_det`` gives per-element log-dets,
+    ``inverse`` maps flow space back to [-1, 1]."""
+    if not 0.0 < alpha < 0.5:
+        raise ConfigError(f"config.model.logit_alpha={alpha} must be in (0, 0.5), or 0 (off)")
+    scale = (1.0 - 2.0 * alpha) / 2.0
+    return distrax.Chain([distrax.Inverse(distrax.Sigmoid()),
+                          distrax.ScalarAffine(shift=alpha + scale, scale=scale)])
+
+
 
 # ------------------------------------------------------------------------------------------
 # Task
@@ -324,6 +342,7 @@ def default_model_config(**overrides: Any) -> ml_collections.ConfigDict:
         jacobi_max_iters=32,
         jacobi_tol=1e-6,
         sample_batch_size=0,  # 0 = all samples in one call
+        logit_alpha=0.0,  # > 0: the flow models logit(alpha + (1-2 alpha) x01) (uniform noise only)
     ))
     for k, v in overrides.items():
         if k not in m:
@@ -391,6 +410,14 @@ class TarFlowTask(Task):
                 raise
             raise ConfigError(str(e)) from None
         self.num_classes = ncls
+        self.logit_alpha = float(m.get("logit_alpha", 0.0))
+        self._logit = None
+        if self.logit_alpha:
+            if self.noise_type != "uniform":
+                raise ConfigError(
+                    "config.model.logit_alpha needs noise_type='uniform' (the logit of "
+                    f"Gaussian-noised pixels is undefined), got {self.noise_type!r}")
+            self._logit = logit_bijector(self.logit_alpha)
         self.best_metric = "bpd" if self.noise_type == "uniform" else "loss"
         self._sample_fns: dict = {}
 
@@ -401,7 +428,13 @@ class TarFlowTask(Task):
         return jnp.asarray(batch["label"], jnp.int32)
 
     def _apply(self, params, x, y):
-        return self.model.apply({"params": params}, x, y)
+        """Flow of pixels ``x`` in [-1, 1] -> ``(z, logdet per dimension [B])``, the logit
+        preprocessing (when on) included in the log-det."""
+        if self._logit is None:
+            return self.model.apply({"params": params}, x, y)
+        x, ld_pre = self._logit.forward_and_log_det(x)
+        z, logdet = self.model.apply({"params": params}, x, y)
+        return z, logdet + jnp.mean(ld_pre, axis=(1, 2, 3))
 
     def _noisy(self, rng, image):
         if self.noise_type == "uniform":
@@ -532,6 +565,8 @@ class TarFlowTask(Task):
 
             def fn(params, z, y):
                 x = unpatchify(ts.sample_tokens(model, params, z, y, opts), p, shape)
+                if self._logit is not None:
+                    x = self._logit.inverse(x)
                 if denoise_sigma > 0:
                     x = ts.denoise(model, params, x, y, denoise_sigma)
                 return x
@@ -577,6 +612,9 @@ class TarFlowTask(Task):
         sigma = 0.0
         if denoise:
             sigma = self.noise_std if denoise_sigma is None else float(denoise_sigma)
+            if self._logit is not None:
+                raise ValueError("denoise is not defined for a logit-preprocessed model "
+                                 "(config.model.logit_alpha > 0)")
             if sigma <= 0:
                 raise ValueError("denoise needs a noise level: train with noise_type='gaussian' "
                                  "or pass denoise_sigma")

@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 0.0
     c.optim.end_lr_factor = 0.0  # cosine decays to learning_rate * end_lr_factor
     c.optim.grad_clip_norm = 0.0  # 0 disables
+    c.optim.skip_nonfinite_max = 0  # > 0: skip updates with NaN/inf gradients (that many in a row)
     c.optim.ema_decay = 0.0  # 0 disables EMA of params
     c.optim.grad_accum_steps = 1
 

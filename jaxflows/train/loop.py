@@ -325,7 +325,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
                     writer.write(step, metrics)
                     t_log, steps_since_log = now, 0
                     if not np.isfinite(metrics["loss"]):
-                        raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
+                        if config.optim.get("skip_nonfinite_max", 0) <= 0:
+                            raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
+                        logging.warning("loss is %s at step %d: update skipped "
+                                        "(optim.skip_nonfinite_max)", metrics["loss"], step)
                 val_metrics = None
                 if eval_src is not None and (step % run.eval_every_steps == 0
                                              or step == run.total_steps):

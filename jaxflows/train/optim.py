@@ -31,7 +31,9 @@ def learning_rate_schedule(optim_config, steps_per_epoch: int, total_steps: int)
 
 
 def make_optimizer(optim_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Adam/AdamW with optional global-norm clipping and gradient accumulation."""
+    """Adam/AdamW with optional global-norm clipping, and optionally skipping updates whose
+    gradients are not finite (``optax.apply_if_finite``; ``skip_nonfinite_max`` consecutive
+    skips at most, 0 = off)."""
     name = optim_config.name
     kwargs = dict(b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps)
     if name == "adam":
@@ -42,4 +44,7 @@ def make_optimizer(optim_config, schedule: optax.Schedule) -> optax.GradientTran
         raise ConfigError(f"config.optim.name={name!r} is unknown; use adam or adamw")
     if optim_config.grad_clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), opt)
+    skip = int(optim_config.get("skip_nonfinite_max", 0))
+    if skip > 0:
+        opt = optax.apply_if_finite(opt, max_consecutive_errors=skip)
     return opt

@@ -15,6 +15,7 @@ def get_config(arg: str = "default"):
     c.model.name = "toy_classifier"
     c.model.hidden = 32
     c.model.noise = 0.05  # input noise drawn from the step rng
+    c.model.nan_at_step = -1  # >= 0: the loss is NaN at that step (non-finite update tests)
     c.data.name = "digits"
     c.train.batch_size = 64
     c.train.eval_batch_size = 64

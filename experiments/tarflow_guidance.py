@@ -2,16 +2,17 @@
 
     python experiments/tarflow_guidance.py --workdir workdirs/tarflow_mnist/conditional
 
-For each guidance weight (default 0, 1, 2, 3) it draws ``--num`` samples (balanced classes,
-``i % 10``), once without and once with the one-step score denoiser (same noise and labels, so
-the two differ only by denoising), and measures with the project's MNIST classifier
-(:mod:`jaxflows.eval.classifier`, trained here on the training split when ``--classifier`` does
-not exist yet; the weights stay out of git):
+For each prior temperature (``--temperatures``, default 1) and guidance weight (default 0, 1, 2,
+3) it draws ``--num`` samples (balanced classes, ``i % 10``) and scores them as drawn and after
+the one-step score denoiser (the same draw, so the two differ only by denoising); it measures
+with the project's MNIST classifier (:mod:`jaxflows.eval.classifier`, trained here on the
+training split when ``--classifier`` does not exist yet; the weights stay out of git):
 
 * ``class_accuracy``: fraction of samples classified as the class they were drawn for;
 * ``fd_mnist``: Fréchet distance between the classifier's penultimate features of the samples
   and of the 10,000 test images;
-* ``images_per_s``: sampling throughput (sequential KV-cache inverse, timed after compilation).
+* ``draw_images_per_s``: throughput of the sequential KV-cache inverse plus the denoiser, timed
+  after compilation.
 
 Writes ``experiments/results/NAME_guidance.json`` (one row per setting, with provenance) and a
 PNG grid per setting next to the workdir; ``run_table.py --merge`` puts the rows into the main
@@ -76,10 +77,12 @@ def load_or_train_classifier(path: str, dataset: str, data_dir: str | None, step
 
 
 def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, seed: int,
+              temperatures: tuple[float, ...] = (1.0,),
               classifier_path: str | None, classifier_steps: int, data_dir: str | None = None,
               title: str = "guidance sweep") -> dict:
-    """Samples ``num`` images per (weight, denoise) from ``workdir``'s conditional TarFlow and
-    returns the results dict (provenance + one row per setting); writes PNG grids there."""
+    """Samples ``num`` images per (temperature, weight) from ``workdir``'s conditional TarFlow,
+    scores them raw and denoised (the same draw), and returns the results dict (provenance + one
+    row per (temperature, weight, denoise)); writes PNG grids into the workdir."""
     from jaxflows.errors import UserError
     from jaxflows.eval import classifier
     from jaxflows.eval.frechet import feature_stats, frechet_distance_from_stats
@@ -108,27 +111,32 @@ def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, 
     params = state.eval_params()
     labels = np.arange(num) % task.num_classes
     rows = []
-    for w in weights:
-        for denoise in (False, True):
-            kw = dict(guidance=w, denoise=denoise, batch_size=batch_size)
+    for temperature in temperatures:
+        for w in weights:
+            kw = dict(guidance=w, denoise=True, return_both=True, batch_size=batch_size,
+                      temperature=temperature)
             with jax.set_mesh(run.mesh):
-                # compile on one batch, then time the full draw
+                # compile on one batch, then time the full draw (sampling + denoising)
                 task.sample(params, jax.random.key(seed), min(batch_size, num),
                             class_label=labels[:min(batch_size, num)], **kw)
                 t0 = time.time()
-                images = np.asarray(jax.device_get(
-                    task.sample(params, jax.random.key(seed), num, class_label=labels, **kw)))
+                draws = jax.device_get(
+                    task.sample(params, jax.random.key(seed), num, class_label=labels, **kw))
                 dt = time.time() - t0
-            acc = classifier.accuracy(cls_params, images, labels)
-            fd = frechet_distance_from_stats(
-                *feature_stats(np.asarray(classifier.features(cls_params, images))), *ref_stats)
-            row = {"weight": w, "denoise": denoise, "fd_mnist": fd, "class_accuracy": acc,
-                   "num_samples": num, "images_per_s": num / dt}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            first = images[:100][np.argsort(labels[:100], kind="stable")]
-            save_grid(first, os.path.join(
-                workdir, f"samples_w{w:g}{'_denoised' if denoise else ''}.png"), ncol=10)
+            for denoise, images in zip((False, True), draws):
+                images = np.asarray(images)
+                acc = classifier.accuracy(cls_params, images, labels)
+                fd = frechet_distance_from_stats(
+                    *feature_stats(np.asarray(classifier.features(cls_params, images))),
+                    *ref_stats)
+                row = {"weight": w, "denoise": denoise, "temperature": temperature,
+                       "fd_mnist": fd, "class_accuracy": acc, "num_samples": num,
+                       "draw_images_per_s": num / dt}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                first = images[:100][np.argsort(labels[:100], kind="stable")]
+                name = f"samples_w{w:g}_t{temperature:g}{'_denoised' if denoise else ''}.png"
+                save_grid(first, os.path.join(workdir, name), ncol=10)
     return {
         "title": title,
         "command": "python " + " ".join(sys.argv),
@@ -150,6 +158,8 @@ def main() -> int:
     p.add_argument("--name", default="tarflow_mnist")
     p.add_argument("--row", default="conditional")
     p.add_argument("--weights", default="0,1,2,3")
+    p.add_argument("--temperatures", default="1.0",
+                   help="prior temperatures, comma-separated (1 = the model)")
     p.add_argument("--num", type=int, default=10000)
     p.add_argument("--batch_size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -164,6 +174,7 @@ def main() -> int:
 
     try:
         results = run_sweep(args.workdir, weights=[float(w) for w in args.weights.split(",")],
+                            temperatures=tuple(float(t) for t in args.temperatures.split(",")),
                             num=args.num, batch_size=args.batch_size, seed=args.seed,
                             classifier_path=args.classifier,
                             classifier_steps=args.classifier_steps, data_dir=args.data_dir,

@@ -574,6 +574,14 @@ class TarFlowTask(Task):
             self._sample_fns[key] = jax.jit(fn)
         return self._sample_fns[key]
 
+    def _denoise_fn(self, sigma: float):
+        key = ("denoise", sigma)
+        if key not in self._sample_fns:
+            model = self.model
+            self._sample_fns[key] = jax.jit(
+                lambda params, x, y: ts.denoise(model, params, x, y, sigma))
+        return self._sample_fns[key]
+
     def sample(
         self,
         params: PyTree,
@@ -588,8 +596,10 @@ class TarFlowTask(Task):
         denoise_sigma: float | None = None,
         batch_size: int | None = None,
         max_retries: int = 3,
+        temperature: float = 1.0,
+        return_both: bool = False,
         **kwargs,
-    ) -> jax.Array:
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """``num`` images ``[num, H, W, C]`` float32 in [0, 1].
 
         Args:
@@ -603,7 +613,13 @@ class TarFlowTask(Task):
           batch_size: samples per compiled call (default ``config.model.sample_batch_size`` or
             ``num``).
           max_retries: samples containing NaN are redrawn with fresh noise up to this many times.
+          temperature: prior temperature ``T``, noise ``z ~ N(0, T^2 I)`` (1 = the model).
+          return_both: with ``denoise``, return ``(samples, denoised samples)`` of the same draw.
         """
+        if return_both and not denoise:
+            raise ValueError("return_both needs denoise=True")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         if kwargs:
             logging.info("tarflow.sample ignores %s", sorted(kwargs))
         opts = self.sample_options(guidance, attn_temp, annealed, jacobi_chunk)
@@ -618,15 +634,15 @@ class TarFlowTask(Task):
             if sigma <= 0:
                 raise ValueError("denoise needs a noise level: train with noise_type='gaussian' "
                                  "or pass denoise_sigma")
-        fn = self._sample_fn(opts, sigma)
+        fn = self._sample_fn(opts, 0.0 if return_both else sigma)
         bs = int(batch_size or self.config.model.get("sample_batch_size", 0) or num)
         n, d = self.model.num_tokens, self.model.token_dim
-        outs = []
+        outs, outs_denoised = [], []
         for i, start in enumerate(range(0, num, bs)):
             cnt = min(bs, num - start)
             yb = None if y is None else y[start:start + cnt]
             key = jax.random.fold_in(r_noise, i)
-            z = jax.random.normal(key, (cnt, n, d), jnp.float32)
+            z = temperature * jax.random.normal(key, (cnt, n, d), jnp.float32)
             x = fn(params, z, yb)
             for retry in range(max_retries):
                 bad = np.asarray(jnp.any(jnp.isnan(x), axis=(1, 2, 3)))
@@ -635,12 +651,19 @@ class TarFlowTask(Task):
                 logging.warning("tarflow: %d samples with NaN, redrawing (try %d)",
                                 int(bad.sum()), retry + 1)
                 key = jax.random.fold_in(key, 1000 + retry)
-                z_new = jax.random.normal(key, z.shape, jnp.float32)
+                z_new = temperature * jax.random.normal(key, z.shape, jnp.float32)
                 z = jnp.where(jnp.asarray(bad)[:, None, None], z_new, z)
                 x = jnp.where(jnp.asarray(bad)[:, None, None, None], fn(params, z, yb), x)
             outs.append(x)
-        x = jnp.concatenate(outs, axis=0)
-        return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
+            if return_both:
+                outs_denoised.append(self._denoise_fn(sigma)(params, x, yb))
+
+        def to_unit(parts):
+            return jnp.clip((jnp.concatenate(parts, axis=0) + 1.0) / 2.0, 0.0, 1.0)
+
+        if return_both:
+            return to_unit(outs), to_unit(outs_denoised)
+        return to_unit(outs)
 
 
 def count_params(model: TarFlowModel) -> int:

@@ -401,3 +401,19 @@ def test_configs_build(name, rows):
         assert ("layers", None) in tuple(c.sharding_rules)
     with pytest.raises(ValueError, match="unknown row"):
         _load_config(name, "nope")
+
+
+def test_sample_return_both_and_temperature():
+    task, params = _task_and_params("gaussian", 10, True)
+    kw = dict(guidance=1.0, class_label=[1, 2, 3], batch_size=2)
+    raw, den = task.sample(params, jax.random.key(3), 3, denoise=True, return_both=True, **kw)
+    # the same draw as the separate calls: raw equals plain sampling, den equals denoise=True
+    np.testing.assert_allclose(raw, task.sample(params, jax.random.key(3), 3, **kw), atol=1e-6)
+    np.testing.assert_allclose(den, task.sample(params, jax.random.key(3), 3, denoise=True, **kw),
+                               atol=1e-5)
+    cold = task.sample(params, jax.random.key(3), 3, temperature=0.5, **kw)
+    assert float(jnp.abs(cold - raw).max()) > 1e-3
+    with pytest.raises(ValueError, match="return_both needs denoise"):
+        task.sample(params, jax.random.key(3), 3, return_both=True)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        task.sample(params, jax.random.key(3), 3, temperature=0.0)

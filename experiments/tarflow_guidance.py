@@ -77,7 +77,7 @@ def load_or_train_classifier(path: str, dataset: str, data_dir: str | None, step
 
 
 def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, seed: int,
-              temperatures: tuple[float, ...] = (1.0,),
+              temperatures: tuple[float, ...] = (1.0,), annealed: tuple[bool, ...] = (True,),
               classifier_path: str | None, classifier_steps: int, data_dir: str | None = None,
               title: str = "guidance sweep") -> dict:
     """Samples ``num`` images per (temperature, weight) from ``workdir``'s conditional TarFlow,
@@ -111,10 +111,13 @@ def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, 
     params = state.eval_params()
     labels = np.arange(num) % task.num_classes
     rows = []
-    for temperature in temperatures:
+    if len(annealed) != len(temperatures):
+        raise UserError(f"{len(temperatures)} temperatures but {len(annealed)} annealed flags: "
+                        "give one flag per temperature")
+    for temperature, anneal in zip(temperatures, annealed):
         for w in weights:
             kw = dict(guidance=w, denoise=True, return_both=True, batch_size=batch_size,
-                      temperature=temperature)
+                      temperature=temperature, annealed=anneal)
             with jax.set_mesh(run.mesh):
                 # compile on one batch, then time the full draw (sampling + denoising)
                 task.sample(params, jax.random.key(seed), min(batch_size, num),
@@ -130,12 +133,14 @@ def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, 
                     *feature_stats(np.asarray(classifier.features(cls_params, images))),
                     *ref_stats)
                 row = {"weight": w, "denoise": denoise, "temperature": temperature,
+                       "annealed": anneal,
                        "fd_mnist": fd, "class_accuracy": acc, "num_samples": num,
                        "draw_images_per_s": num / dt}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 first = images[:100][np.argsort(labels[:100], kind="stable")]
-                name = f"samples_w{w:g}_t{temperature:g}{'_denoised' if denoise else ''}.png"
+                name = (f"samples_w{w:g}_t{temperature:g}{'' if anneal else '_const'}"
+                        f"{'_denoised' if denoise else ''}.png")
                 save_grid(first, os.path.join(workdir, name), ncol=10)
     return {
         "title": title,
@@ -147,7 +152,11 @@ def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, 
         "classifier": cls_info,
         "notes": "class_accuracy and fd_mnist use the project's classifier (jaxflows.eval."
                  "classifier); FD against its features of the whole test split; denoised rows "
-                 "apply the one-step score denoiser to the same draws (same noise and labels)",
+                 "apply the one-step score denoiser to the same draws (same noise and labels); "
+                 "temperature T draws the prior noise from N(0, T^2 I) (T=1: the model); "
+                 "annealed: the guidance weight ramps linearly over the token index "
+                 "(ml-tarflow's FID protocol) or is the same at every token; "
+                 "draw_images_per_s times sampling plus denoising of the whole draw",
         "rows": rows,
     }
 
@@ -160,6 +169,9 @@ def main() -> int:
     p.add_argument("--weights", default="0,1,2,3")
     p.add_argument("--temperatures", default="1.0",
                    help="prior temperatures, comma-separated (1 = the model)")
+    p.add_argument("--annealed", default="1",
+                   help="per temperature: 1 = guidance ramps linearly over the tokens (official), "
+                        "0 = the same weight at every token")
     p.add_argument("--num", type=int, default=10000)
     p.add_argument("--batch_size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -175,6 +187,7 @@ def main() -> int:
     try:
         results = run_sweep(args.workdir, weights=[float(w) for w in args.weights.split(",")],
                             temperatures=tuple(float(t) for t in args.temperatures.split(",")),
+                            annealed=tuple(a.strip() == "1" for a in args.annealed.split(",")),
                             num=args.num, batch_size=args.batch_size, seed=args.seed,
                             classifier_path=args.classifier,
                             classifier_steps=args.classifier_steps, data_dir=args.data_dir,

@@ -40,6 +40,7 @@ def test_sweep_rows_and_classifier_reuse(trained, tmp_path):
     data_dir, workdir = trained
     sweep = _sweep_module()
     kw = dict(weights=[0.0, 2.0], num=40, batch_size=20, seed=0, temperatures=(1.0, 0.7),
+              annealed=(True, False),
               classifier_path=str(tmp_path / "cls.msgpack"), classifier_steps=100,
               data_dir=data_dir)
     res = sweep.run_sweep(workdir, **kw)
@@ -50,12 +51,14 @@ def test_sweep_rows_and_classifier_reuse(trained, tmp_path):
         assert 0.0 <= r["class_accuracy"] <= 1.0 and r["fd_mnist"] >= 0.0
         assert r["num_samples"] == 40 and r["draw_images_per_s"] > 0
     assert res["classifier"]["trained_now"] and res["classifier"]["test_accuracy"] > 0.5
-    assert os.path.exists(os.path.join(workdir, "samples_w2_t0.7_denoised.png"))
+    assert os.path.exists(os.path.join(workdir, "samples_w2_t0.7_const_denoised.png"))
+    assert [r["annealed"] for r in rows] == [True] * 4 + [False] * 4
     assert {"command", "git_commit", "machine", "checkpoint_step"} <= set(res)
     json.dumps(res)  # serialisable as written
     # denoising changes the draws it is given, nothing else: same labels, same noise
     assert rows[0]["fd_mnist"] != rows[1]["fd_mnist"]
-    again = sweep.run_sweep(workdir, **{**kw, "weights": [0.0], "temperatures": (1.0,)})
+    again = sweep.run_sweep(workdir, **{**kw, "weights": [0.0], "temperatures": (1.0,),
+                                        "annealed": (True,)})
     assert not again["classifier"]["trained_now"]
     assert again["classifier"]["test_accuracy"] == res["classifier"]["test_accuracy"]
     assert again["rows"][0]["fd_mnist"] == pytest.approx(rows[0]["fd_mnist"], rel=1e-5)

@@ -417,3 +417,16 @@ def test_sample_return_both_and_temperature():
         task.sample(params, jax.random.key(3), 3, return_both=True)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         task.sample(params, jax.random.key(3), 3, temperature=0.0)
+
+
+def test_final_eval_per_image_bpd():
+    task, params = _task_and_params("uniform", 0, False)
+    batch = _batch(4)
+    batch["mask"] = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last row is padding
+    out = task.final_eval(params, lambda: [batch, batch], jax.random.key(0))
+    bpd = out["per_example"]["bpd"]
+    assert bpd.shape == (6,) and np.all(np.isfinite(bpd))
+    assert out["bpd_median"] == pytest.approx(float(np.median(bpd)))
+    assert out["bpd_max"] == pytest.approx(float(bpd.max()))
+    assert out["num_bpd_over_8"] == int(np.sum(bpd > 8))
+    assert out["bpd_sem"] == pytest.approx(float(bpd.std(ddof=1) / np.sqrt(6)))

@@ -17,11 +17,11 @@ Optimiser (ml-tarflow): AdamW (0.9, 0.95), weight decay 1e-4, linear warmup (one
 notebook rows, a quarter epoch in the session rows), cosine decay to 1e-6.
 
 Why 4-64-8-1 for the session rows: at equal CPU cost, 8 blocks of one layer lowered the training
-bits/dim faster than 4 blocks of two layers (short probes, 700 steps: 3.0 vs 3.7), and lr 2e-3
-without clipping (the notebook's) spiked at batch 64. Why the logit: on pixels in [-1, 1] the
-flow must first learn contractions of about e^6 for the always-black background (its
-dequantisation noise has std 0.002), which dominated the first epochs (probe: 3.0 bits/dim after
-650 steps, against 1.7 with the logit; alpha=0.05 was worse and hit a NaN).
+bits/dim faster than 4 blocks of two layers in short probes, and lr 2e-3 without clipping (the
+notebook's) spiked at batch 64. Why the logit: on pixels in [-1, 1] the flow must first learn
+contractions of about e^6 for the always-black background (its dequantisation noise has std
+0.002), which dominated the first epochs of a probe without it; alpha=0.05 was worse than 1e-3
+and hit a NaN.
 """
 
 from jaxflows.models.tarflow import default_model_config, official_recipe_config

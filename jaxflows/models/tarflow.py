@@ -78,6 +78,7 @@ class MetaBlock(nn.Module):
       dtype: Transformer matmul dtype.
       remat: rematerialise Transformer layers in the backward pass.
       attention_impl: see :class:`jaxflows.nn.transformer.TransformerLayer`.
+      max_log_scale: > 0 soft-clamps the log-scale, ``a = c tanh(a / c)`` (0 = off, official).
     """
 
     in_dim: int
@@ -92,6 +93,7 @@ class MetaBlock(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     attention_impl: str = "einsum"
+    max_log_scale: float = 0.0
 
     def setup(self):
         """Declares proj_in, pos_embed, class_embed, the Transformer and proj_out."""
@@ -129,7 +131,10 @@ class MetaBlock(nn.Module):
     def _head(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
         out = h.astype(jnp.float32) @ self.proj_out_kernel + self.proj_out_bias
         if self.nvp:
-            return out[..., : self.in_dim], out[..., self.in_dim :]
+            a = out[..., : self.in_dim]
+            if self.max_log_scale > 0:  # bounded expansion per block: no exp overflow cascade
+                a = self.max_log_scale * jnp.tanh(a / self.max_log_scale)
+            return a, out[..., self.in_dim :]
         return jnp.zeros_like(out), out
 
     def affine_params(
@@ -190,6 +195,7 @@ class TarFlowModel(nn.Module):
       dtype: Transformer matmul dtype.
       remat: rematerialise Transformer layers.
       attention_impl: ``'einsum'`` | ``'xla'`` | ``'cudnn'`` | ``'auto'`` for the parallel pass.
+      max_log_scale: soft clamp of every block's log-scale (0 = off, as ml-tarflow).
     """
 
     image_shape: tuple[int, int, int]
@@ -204,6 +210,7 @@ class TarFlowModel(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     attention_impl: str = "einsum"
+    max_log_scale: float = 0.0
 
     @property
     def num_tokens(self) -> int:
@@ -228,7 +235,7 @@ class TarFlowModel(nn.Module):
             MetaBlock(self.token_dim, self.width, self.num_tokens, self.layers_per_block,
                       self.head_dim, self.mlp_ratio, self.num_classes, self.nvp,
                       self.block_flip(t), self.dtype, self.remat, self.attention_impl,
-                      name=f"blocks_{t}")
+                      self.max_log_scale, name=f"blocks_{t}")
             for t in range(self.num_blocks)
         ]
         if not self.nvp:
@@ -343,6 +350,7 @@ def default_model_config(**overrides: Any) -> ml_collections.ConfigDict:
         jacobi_tol=1e-6,
         sample_batch_size=0,  # 0 = all samples in one call
         logit_alpha=0.0,  # > 0: the flow models logit(alpha + (1-2 alpha) x01) (uniform noise only)
+        max_log_scale=0.0,  # > 0: soft-clamp each block's log-scale to (-c, c) (0 = official)
     ))
     for k, v in overrides.items():
         if k not in m:
@@ -373,6 +381,7 @@ def model_from_config(config: ml_collections.ConfigDict, image_shape) -> TarFlow
         dtype=jnp.dtype(config.get("dtype", "float32")),
         remat=bool(m.get("remat", False)),
         attention_impl=str(m.get("attention", "einsum")),
+        max_log_scale=float(m.get("max_log_scale", 0.0)),
     )
 
 

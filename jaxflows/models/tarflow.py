@@ -302,7 +302,6 @@ def logit_bijector(alpha: float) -> distrax.Bijector:
                           distrax.ScalarAffine(shift=alpha + scale, scale=scale)])
 
 
-
 # ------------------------------------------------------------------------------------------
 # Task
 
@@ -529,7 +528,9 @@ class TarFlowTask(Task):
         ``bpd_sem`` (standard error of the mean), ``bpd_median``, ``bpd_max`` and
         ``num_bpd_over_8`` (images above 8 bits/dim, i.e. worse than a uniform density: a
         mean can hide a handful of blown-up images), plus ``per_example['bpd']``."""
-        fn = self._jitted.setdefault(("eval_batch",), jax.jit(self.eval_batch))
+        if ("eval_batch",) not in self._jitted:
+            self._jitted[("eval_batch",)] = jax.jit(self.eval_batch)
+        fn = self._jitted[("eval_batch",)]
         vals = []
         for i, batch in enumerate(batches()):
             out = fn(nn.unbox(params), batch, jax.random.fold_in(rng, i))
@@ -590,18 +591,15 @@ class TarFlowTask(Task):
                              f"tokens {self.model.num_tokens}")
         return opts
 
-    def _sample_fn(self, opts: ts.SampleOptions, denoise_sigma: float):
-        key = (opts, denoise_sigma)
+    def _sample_fn(self, opts: ts.SampleOptions):
+        """Jitted ``(params, z [B, N, D], y) -> images [B, H, W, C]`` in [-1, 1] (unclipped)."""
+        key = ("sample", opts)
         if key not in self._jitted:
             model, shape, p = self.model, self.data_info.image_shape, self.model.patch_size
 
             def fn(params, z, y):
                 x = unpatchify(ts.sample_tokens(model, params, z, y, opts), p, shape)
-                if self._logit is not None:
-                    x = self._logit.inverse(x)
-                if denoise_sigma > 0:
-                    x = ts.denoise(model, params, x, y, denoise_sigma)
-                return x
+                return x if self._logit is None else self._logit.inverse(x)
 
             self._jitted[key] = jax.jit(fn)
         return self._jitted[key]
@@ -666,7 +664,7 @@ class TarFlowTask(Task):
             if sigma <= 0:
                 raise ValueError("denoise needs a noise level: train with noise_type='gaussian' "
                                  "or pass denoise_sigma")
-        fn = self._sample_fn(opts, 0.0 if return_both else sigma)
+        fn = self._sample_fn(opts)
         bs = int(batch_size or self.config.model.get("sample_batch_size", 0) or num)
         n, d = self.model.num_tokens, self.model.token_dim
         outs, outs_denoised = [], []
@@ -687,7 +685,7 @@ class TarFlowTask(Task):
                 z = jnp.where(jnp.asarray(bad)[:, None, None], z_new, z)
                 x = jnp.where(jnp.asarray(bad)[:, None, None, None], fn(params, z, yb), x)
             outs.append(x)
-            if return_both:
+            if sigma > 0:  # the one-step denoiser on the (NaN-free) draw
                 outs_denoised.append(self._denoise_fn(sigma)(params, x, yb))
 
         def to_unit(parts):
@@ -695,7 +693,7 @@ class TarFlowTask(Task):
 
         if return_both:
             return to_unit(outs), to_unit(outs_denoised)
-        return to_unit(outs)
+        return to_unit(outs_denoised if sigma > 0 else outs)
 
 
 def count_params(model: TarFlowModel) -> int:

@@ -298,8 +298,8 @@ def test_sample_guidance_denoise_and_nan_retry(monkeypatch):
     calls = []
     real = task._sample_fn
 
-    def flaky(opts, sigma):
-        fn = real(opts, sigma)
+    def flaky(opts):
+        fn = real(opts)
 
         def wrapped(p, z, y):
             x = fn(p, z, y)
@@ -349,7 +349,7 @@ def test_logit_preprocessing_logdet_inverse_and_bpd():
     np.testing.assert_allclose(logdet[0] * 64, slogdet, rtol=1e-4)
     # the sampler maps flow space back through the sigmoid: forward(sample) returns the noise
     z = jax.random.normal(jax.random.key(4), (2, N, D))
-    fn = task._sample_fn(task.sample_options(), 0.0)
+    fn = task._sample_fn(task.sample_options())
     xs = fn(params, z, None)
     assert float(xs.min()) >= -1.0 and float(xs.max()) <= 1.0
     np.testing.assert_allclose(task._apply(params, xs, None)[0], z, atol=2e-3)

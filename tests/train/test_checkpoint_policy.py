@@ -4,7 +4,7 @@ import os
 
 import jax.numpy as jnp
 import pytest
-from helpers import TOY, prepare_digits
+from helpers import TOY
 
 from jaxflows.train import load_config, train
 from jaxflows.train.checkpoint import Checkpointer
@@ -28,12 +28,6 @@ def test_keeps_latest_and_best(tmp_path):
     assert step == 4 and float(state.params["w"][0]) == 4.0 and data == {"next_index": 4}
     ckpt.close()
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("data"))
-    prepare_digits(d)
-    return d
 
 
 def test_early_stopping_with_patience(tmp_path, data_dir):

@@ -5,17 +5,9 @@ import logging
 import os
 
 import numpy as np
-import pytest
-from helpers import TOY, losses, prepare_digits
+from helpers import TOY, losses
 
 from jaxflows.train import load_config, train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("data"))
-    prepare_digits(d)
-    return d
 
 
 def _garble(directory: str) -> int:

@@ -5,17 +5,9 @@ import os
 
 import jax
 import numpy as np
-import pytest
-from helpers import TOY, final_loss, losses, prepare_digits
+from helpers import TOY, final_loss, losses
 
 from jaxflows.train import build, load_config, train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("data"))
-    prepare_digits(d)
-    return d
 
 
 def _config(data_dir, *overrides):

@@ -7,8 +7,7 @@ import os
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pytest
-from helpers import cli_env, prepare_digits, run_cli, train_cmd
+from helpers import cli_env, run_cli, train_cmd
 
 from jaxflows.train.optim import make_optimizer
 
@@ -31,12 +30,6 @@ def test_apply_if_finite_skips_nan_gradients():
     upd, _ = plain.update({"w": jnp.array([1.0, jnp.nan, 0.0])}, plain.init(params), params)
     assert not bool(jnp.all(jnp.isfinite(upd["w"])))
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("data"))
-    prepare_digits(d)
-    return d
 
 
 def test_nan_loss_is_one_line_error_or_skipped(data_dir, tmp_path):

@@ -11,14 +11,7 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import cli_env, losses, prepare_digits, run_cli, train_cmd
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("data"))
-    prepare_digits(d)
-    return d
+from helpers import cli_env, losses, run_cli, train_cmd
 
 
 @pytest.fixture(scope="module")

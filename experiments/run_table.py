@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from jaxflows.provenance import git_commit, machine_summary
+from jaxflows.provenance import git_commit, machine_summary, write_json_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -158,8 +158,7 @@ def main() -> int:
     if args.notes:
         results["notes"] = args.notes
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
+    write_json_atomic(path, results)
     print(f"wrote {path}")
     return 0
 

@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxflows.provenance import git_commit, machine_summary
+from jaxflows.provenance import git_commit, machine_summary, write_json_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -196,8 +196,7 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(HERE, "results", f"{args.name}_guidance.json")
-    with open(out, "w") as f:
-        json.dump(results, f, indent=1)
+    write_json_atomic(out, results)
     print(f"wrote {out}")
     return 0
 

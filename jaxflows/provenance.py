@@ -5,6 +5,7 @@ jax is imported inside the functions that need it, so :func:`git_commit` works w
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -57,3 +58,12 @@ def machine_summary() -> str:
     dev = jax.devices()[0]
     return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {dev.platform} "
             f"({dev.device_kind}), jax {jax.__version__}")
+
+
+def write_json_atomic(path: str, obj: Any, *, indent: int = 1, sort_keys: bool = False) -> None:
+    """Writes ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``, so a
+    reader never sees a half-written file (results, summaries, configs)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent, sort_keys=sort_keys)
+    os.replace(tmp, path)

@@ -28,6 +28,7 @@ import optax
 from jaxflows.data import pipeline
 from jaxflows.errors import ConfigError
 from jaxflows.models.base import DataInfo, Task, build_task
+from jaxflows.provenance import write_json_atomic
 from jaxflows.train import input as engine_input
 from jaxflows.train import mesh as mesh_lib
 from jaxflows.train.checkpoint import Checkpointer, abstract_like
@@ -246,20 +247,14 @@ def _agree(flag: bool) -> bool:
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool = True) -> dict:
     """Trains (resuming from ``workdir`` if possible); returns the final eval dict or {}."""
     run = build(config)
     t = config.train
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+        write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict(), indent=2,
+                          sort_keys=True)
     best_metric = t.best_metric or run.task.best_metric
     ckpt = Checkpointer(workdir, keep=t.keep_checkpoints,
                         best_metric="val_" + best_metric if t.eval_every_epochs > 0 else None)
@@ -371,7 +366,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
     summary = {"train_wall_time_s": loop["wall_time_s"], "epochs": step / run.steps_per_epoch,
                "best_step": loop["best_step"], "stopped_early": loop["stopped_early"]}
     if jax.process_index() == 0:
-        _write_json_atomic(os.path.join(workdir, "train_summary.json"), summary)
+        write_json_atomic(os.path.join(workdir, "train_summary.json"), summary, indent=2,
+                          sort_keys=True)
     if final_eval and config.data.test_split:
         return {**summary, **evaluate(workdir, config=config, run=run)}
     return summary
@@ -428,5 +424,5 @@ def evaluate(workdir: str, *, config=None, run: Run | None = None,
     result["params_used"] = ("best" if state.best_params is not None else
                              "ema" if state.ema_params is not None else "latest")
     if jax.process_index() == 0:
-        _write_json_atomic(os.path.join(workdir, output), result)
+        write_json_atomic(os.path.join(workdir, output), result, indent=2, sort_keys=True)
     return result

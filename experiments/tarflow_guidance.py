@@ -134,7 +134,10 @@ def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, 
                     *ref_stats)
                 row = {"weight": w, "denoise": denoise, "temperature": temperature,
                        "annealed": anneal,
-                       "fd_mnist": fd, "class_accuracy": acc, "num_samples": num,
+                       "fd_mnist": fd, "class_accuracy": acc,
+                       "class_accuracy_per_class": classifier.per_class_accuracy(
+                           cls_params, images, labels, task.num_classes),
+                       "num_samples": num,
                        "draw_images_per_s": num / dt}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -156,7 +159,8 @@ def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, 
                  "temperature T draws the prior noise from N(0, T^2 I) (T=1: the model); "
                  "annealed: the guidance weight ramps linearly over the token index "
                  "(ml-tarflow's FID protocol) or is the same at every token; "
-                 "draw_images_per_s times sampling plus denoising of the whole draw",
+                 "draw_images_per_s times sampling plus denoising of the whole draw; "
+                 "class_accuracy_per_class: the accuracy within each requested class",
         "rows": rows,
     }
 

@@ -49,6 +49,10 @@ def test_sweep_rows_and_classifier_reuse(trained, tmp_path):
         (t, w, d) for t in (1.0, 0.7) for w in (0.0, 2.0) for d in (False, True)]
     for r in rows:
         assert 0.0 <= r["class_accuracy"] <= 1.0 and r["fd_mnist"] >= 0.0
+        per_class = r["class_accuracy_per_class"]
+        assert len(per_class) == 10 and all(0.0 <= a <= 1.0 for a in per_class)
+        # 40 balanced labels: 4 per class, so the overall accuracy is the per-class mean
+        assert abs(sum(per_class) / 10 - r["class_accuracy"]) < 1e-6
         assert r["num_samples"] == 40 and r["draw_images_per_s"] > 0
     assert res["classifier"]["trained_now"] and res["classifier"]["test_accuracy"] > 0.5
     assert os.path.exists(os.path.join(workdir, "samples_w2_t0.7_const_denoised.png"))

@@ -118,6 +118,15 @@ def accuracy(params: PyTree, images, labels) -> float:
     return float(jnp.mean(pred == jnp.asarray(labels)))
 
 
+def per_class_accuracy(params: PyTree, images, labels, num_classes: int) -> list[float]:
+    """Accuracy within each class ``0..num_classes-1`` of ``images: [N, H, W, C]`` labelled
+    ``labels: [N]``; NaN for a class with no image."""
+    pred = np.asarray(jnp.argmax(logits(params, images), axis=-1))
+    labels = np.asarray(labels)
+    return [float(np.mean(pred[labels == k] == k)) if np.any(labels == k) else float("nan")
+            for k in range(num_classes)]
+
+
 def features(params: PyTree, images) -> jax.Array:
     """Penultimate (post-ReLU dense) features ``[N, feature_dim]`` for Fréchet distances."""
     return _apply_batched(params, images)[1]

@@ -7,7 +7,7 @@ from PIL import Image
 from scipy.linalg import sqrtm
 from sklearn.datasets import load_digits
 
-from jaxflows.eval.classifier import accuracy, features, train_classifier
+from jaxflows.eval.classifier import accuracy, features, per_class_accuracy, train_classifier
 from jaxflows.eval.frechet import frechet_distance, frechet_distance_from_stats
 from jaxflows.eval.grid import make_grid, save_grid
 
@@ -24,6 +24,16 @@ def test_classifier_learns_digits():
     # uint8 input is scaled the same way
     u8 = np.round(x[1500:] * 255).astype(np.uint8)
     assert abs(accuracy(params, u8, y[1500:]) - accuracy(params, x[1500:], y[1500:])) < 0.02
+    # per-class accuracy: weighted by the class counts it is the overall accuracy; a class that
+    # is absent gives NaN
+    per = per_class_accuracy(params, x[1500:], y[1500:], 10)
+    counts = np.bincount(y[1500:], minlength=10)
+    np.testing.assert_allclose(np.dot(per, counts) / counts.sum(),
+                               accuracy(params, x[1500:], y[1500:]), atol=1e-6)
+    only3 = x[1500:][y[1500:] == 3]
+    per3 = per_class_accuracy(params, only3, np.full(len(only3), 3), 10)
+    assert np.isnan(per3[0])
+    assert abs(per3[3] - accuracy(params, only3, np.full(len(only3), 3))) < 1e-6
 
 
 def test_frechet_closed_form():

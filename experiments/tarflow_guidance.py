@@ -128,15 +128,13 @@ def run_sweep(workdir: str, *, weights: list[float], num: int, batch_size: int, 
                 dt = time.time() - t0
             for denoise, images in zip((False, True), draws):
                 images = np.asarray(images)
-                acc = classifier.accuracy(cls_params, images, labels)
-                fd = frechet_distance_from_stats(
-                    *feature_stats(np.asarray(classifier.features(cls_params, images))),
-                    *ref_stats)
+                acc, per_class, feats = classifier.score(cls_params, images, labels,
+                                                         task.num_classes)
+                fd = frechet_distance_from_stats(*feature_stats(np.asarray(feats)), *ref_stats)
                 row = {"weight": w, "denoise": denoise, "temperature": temperature,
                        "annealed": anneal,
                        "fd_mnist": fd, "class_accuracy": acc,
-                       "class_accuracy_per_class": classifier.per_class_accuracy(
-                           cls_params, images, labels, task.num_classes),
+                       "class_accuracy_per_class": per_class,
                        "num_samples": num,
                        "draw_images_per_s": num / dt}
                 rows.append(row)

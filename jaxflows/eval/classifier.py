@@ -118,13 +118,24 @@ def accuracy(params: PyTree, images, labels) -> float:
     return float(jnp.mean(pred == jnp.asarray(labels)))
 
 
+def _per_class(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
+    return [float(np.mean(pred[labels == k] == k)) if np.any(labels == k) else float("nan")
+            for k in range(num_classes)]
+
+
 def per_class_accuracy(params: PyTree, images, labels, num_classes: int) -> list[float]:
     """Accuracy within each class ``0..num_classes-1`` of ``images: [N, H, W, C]`` labelled
     ``labels: [N]``; NaN for a class with no image."""
     pred = np.asarray(jnp.argmax(logits(params, images), axis=-1))
-    labels = np.asarray(labels)
-    return [float(np.mean(pred[labels == k] == k)) if np.any(labels == k) else float("nan")
-            for k in range(num_classes)]
+    return _per_class(pred, np.asarray(labels), num_classes)
+
+
+def score(params: PyTree, images, labels, num_classes: int) -> tuple[float, list[float], jax.Array]:
+    """One pass over ``images: [N, H, W, C]`` labelled ``labels: [N]``: (accuracy, per-class
+    accuracy as in ``per_class_accuracy``, penultimate features ``[N, feature_dim]``)."""
+    out, feats = _apply_batched(params, images)
+    pred, labels = np.asarray(jnp.argmax(out, axis=-1)), np.asarray(labels)
+    return float(np.mean(pred == labels)), _per_class(pred, labels, num_classes), feats
 
 
 def features(params: PyTree, images) -> jax.Array:

@@ -7,7 +7,8 @@ from PIL import Image
 from scipy.linalg import sqrtm
 from sklearn.datasets import load_digits
 
-from jaxflows.eval.classifier import accuracy, features, per_class_accuracy, train_classifier
+from jaxflows.eval.classifier import (accuracy, features, per_class_accuracy, score,
+                                      train_classifier)
 from jaxflows.eval.frechet import frechet_distance, frechet_distance_from_stats
 from jaxflows.eval.grid import make_grid, save_grid
 
@@ -34,6 +35,11 @@ def test_classifier_learns_digits():
     per3 = per_class_accuracy(params, only3, np.full(len(only3), 3), 10)
     assert np.isnan(per3[0])
     assert abs(per3[3] - accuracy(params, only3, np.full(len(only3), 3))) < 1e-6
+    # score: the same three results from one pass
+    acc, per_s, feats = score(params, x[1500:], y[1500:], 10)
+    assert abs(acc - accuracy(params, x[1500:], y[1500:])) < 1e-6
+    np.testing.assert_allclose(per_s, per, atol=1e-6)
+    np.testing.assert_allclose(feats, features(params, x[1500:]), atol=1e-5)
 
 
 def test_frechet_closed_form():

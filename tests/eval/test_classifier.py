@@ -7,8 +7,7 @@ from PIL import Image
 from scipy.linalg import sqrtm
 from sklearn.datasets import load_digits
 
-from jaxflows.eval.classifier import (accuracy, features, per_class_accuracy, score,
-                                      train_classifier)
+from jaxflows.eval.classifier import accuracy, features, per_class_accuracy, score, train_classifier
 from jaxflows.eval.frechet import frechet_distance, frechet_distance_from_stats
 from jaxflows.eval.grid import make_grid, save_grid
 

@@ -32,7 +32,6 @@ def _worker(config_spec: str, steps: int, devices: int, dispatch: int) -> dict:
 
     from jaxflows.data import pipeline
     from jaxflows.train import build, load_config, train
-    from jaxflows.train import input as engine_input
     from jaxflows.train.loop import open_split
     from jaxflows.train.metrics import read_metrics
 
@@ -46,8 +45,8 @@ def _worker(config_spec: str, steps: int, devices: int, dispatch: int) -> dict:
     with jax.set_mesh(run.mesh):
         src = open_split(run, config.data.train_split)
         it = pipeline.train_iterator(src, global_batch_size=config.train.batch_size, seed=0)
-        batch = engine_input.to_global(next(it), run.batch_sharding)
-        state = run.init_fn(config.seed)
+        batch = run.global_batch(next(it))
+        state = run.init_state()
         state, m = run.train_step(state, batch)
         jax.block_until_ready(m)
         n = steps - log_every

@@ -24,17 +24,17 @@ import pathlib
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from engine_step import compiled_engine_step, flops_of
 
 from jaxflows.models import tarflow_sampling as ts
-from jaxflows.models.base import DataInfo
-from jaxflows.models.tarflow import TarFlowTask, count_params, default_model_config
+from jaxflows.models.tarflow import count_params
+from jaxflows.models.tarflow_config import default_model_config
 from jaxflows.provenance import git_commit, machine_info
 from jaxflows.train.config import base_config
+from jaxflows.train.task import DataInfo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGE = (16, 16, 3)
@@ -46,13 +46,6 @@ SIZES = {  # name -> (patch, width, blocks, layers)
 
 def _block(tree):
     return jax.tree.map(lambda a: a.block_until_ready(), tree)
-
-
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", float("nan")))
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
@@ -68,44 +61,38 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def _task(size: str, dtype: str) -> TarFlowTask:
+def _config(size: str, dtype: str):
+    """ml-tarflow's recipe (AdamW 0.9/0.95, weight decay 1e-4, lr 1e-4) on one device."""
     p, width, blocks, layers = SIZES[size]
     c = base_config()
     c.dtype = dtype
+    c.mesh.data = 1
+    c.sharding_rules = tuple(c.sharding_rules) + (("layers", None),)
+    c.optim.name, c.optim.b1, c.optim.b2 = "adamw", 0.9, 0.95
+    c.optim.weight_decay, c.optim.learning_rate = 1e-4, 1e-4
     c.model = default_model_config(patch_size=p, channels=width, num_blocks=blocks,
                                    layers_per_block=layers, head_dim=64, noise_type="gaussian",
                                    noise_std=0.05)
-    return TarFlowTask(c, DataInfo(IMAGE, 0, 10_000))
+    return c
 
 
 def bench(size: str, args) -> dict:
-    """Times training and sampling for one model size; returns a result row."""
-    task = _task(size, args.dtype)
-    rng = jax.random.key(0)
+    """Times the engine's compiled train step and sampling for one model size."""
+    config = _config(size, args.dtype)
+    config.train.batch_size = config.train.eval_batch_size = args.batch
     b = args.batch
-    batch = {"image": jax.random.randint(rng, (b, *IMAGE), 0, 256).astype(jnp.uint8),
-             "label": jnp.zeros((b,), jnp.int32)}
-    params = nn.unbox(jax.jit(task.init)(rng, batch))
-    tx = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
-    opt_state = tx.init(params)
-
-    def train_step(params, opt_state, batch, step):
-        (loss, _), grads = jax.value_and_grad(task.loss, has_aux=True)(
-            params, batch, jax.random.fold_in(rng, step), step)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+    local = {"image": np.random.default_rng(0).integers(0, 256, (b, *IMAGE), dtype=np.uint8)}
+    run, state, batch, compiled, compile_s = compiled_engine_step(
+        config, DataInfo.for_images(IMAGE, 0, 10_000), local)
+    task = run.task
+    flops = flops_of(compiled)
+    state, metrics = _block(compiled(state, batch))
     t = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(
-        params, opt_state, batch, jnp.int32(0)).compile()
-    compile_s = time.perf_counter() - t
-    flops = _flops(compiled)
-    params, opt_state, loss = _block(compiled(params, opt_state, batch, jnp.int32(0)))
-    t = time.perf_counter()
-    for i in range(args.steps):
-        params, opt_state, loss = compiled(params, opt_state, batch, jnp.int32(i + 1))
-    _block(loss)
+    for _ in range(args.steps):
+        state, metrics = compiled(state, batch)
+    _block(metrics)
     step_s = (time.perf_counter() - t) / args.steps
+    params = state.params
 
     row = {
         "model": size, "image": "x".join(map(str, IMAGE)), "dtype": args.dtype,
@@ -113,7 +100,7 @@ def bench(size: str, args) -> dict:
         "train_compile_s": compile_s, "train_step_ms": 1e3 * step_s,
         "train_examples_per_s": b / step_s, "step_flops": flops,
         "achieved_flops_per_s": flops / step_s, "mfu": flops / step_s / args.peak,
-        "final_loss": float(loss),
+        "final_loss": float(metrics["loss"]),
     }
     m, n_tok, d = task.model, task.model.num_tokens, task.model.token_dim
     z = jax.random.normal(jax.random.key(1), (args.sample_batch, n_tok, d))

@@ -24,15 +24,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import linen as nn
+from engine_step import compiled_engine_step
 
 from jaxflows.eval.likelihood import importance_sampled_nll
-from jaxflows.models.base import DataInfo, build_task
 from jaxflows.provenance import git_commit, machine_info
+from jaxflows.train.task import DataInfo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MNIST = DataInfo(image_shape=(28, 28, 1), num_classes=10, num_train=50_000, num_eval=10_000)
+MNIST = DataInfo.for_images((28, 28, 1), num_classes=10, num_train=50_000, num_eval=10_000)
 
 
 def _config(row: str):
@@ -52,31 +51,20 @@ def _block(tree):
 def bench_row(row: str, steps: int, eval_images: int, num_is: int) -> dict:
     """Times one config row; returns a dict of measurements."""
     config = _config(row)
-    task = build_task(config, MNIST)
+    config.mesh.data = 1
     bs = int(config.train.batch_size)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.integers(0, 256, (bs, 28, 28, 1), dtype=np.uint8))}
-    params = nn.unbox(jax.jit(task.init)(jax.random.key(0), batch))
-    num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
-    opt = optax.adam(float(config.optim.learning_rate))
-    opt_state = opt.init(params)
-
-    def train_step(params, opt_state, batch, i):
-        (loss, _), grads = jax.value_and_grad(task.loss, has_aux=True)(
-            params, batch, jax.random.fold_in(jax.random.key(1), i), i
-        )
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(train_step, donate_argnums=(0, 1))
+    local = {"image": rng.integers(0, 256, (bs, 28, 28, 1), dtype=np.uint8)}
+    run, state, batch, step, compile_train = compiled_engine_step(config, MNIST, local)
+    task = run.task
+    num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
+    state, metrics = _block(step(state, batch))
     t0 = time.perf_counter()
-    params, opt_state, loss = _block(step(params, opt_state, batch, 0))
-    compile_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(1, steps + 1):
-        params, opt_state, loss = step(params, opt_state, batch, i)
-    _block(loss)
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    _block(metrics)
     step_s = (time.perf_counter() - t0) / steps
+    params = state.params
     steps_per_epoch = MNIST.num_train // bs
 
     # importance-sampled NLL of a batch of fixed binary images

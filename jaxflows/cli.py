@@ -1,4 +1,4 @@
-"""``jaxflows`` command line: data prepare, train, eval, sample, info, table.
+"""``jaxflows`` command line: data prepare, train, eval, sample, plot, info, table.
 
 Errors the user can fix are printed as one line (``error: ...``) with exit status 2.
 """
@@ -18,12 +18,11 @@ USAGE_EXAMPLES = """examples:
   jaxflows train --config experiments/configs/vae_mnist.py:smoke --workdir /tmp/vae
   jaxflows eval --workdir /tmp/vae
   jaxflows sample --workdir /tmp/vae --num 64 --out samples.png
+  jaxflows sample --workdir /tmp/tarflow --num 64 --out s.png --config.sample.guidance=2
+  jaxflows plot --workdir /tmp/vae /tmp/vae2 --out curves.png
   jaxflows info --config experiments/configs/vae_mnist.py:vae
   jaxflows table vae_mnist
 """
-
-DATASETS = ("mnist", "moses", "digits")
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -37,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     data_sub.required = True
     prep = data_sub.add_parser("prepare", help="build a dataset into the data dir")
-    prep.add_argument("name", choices=DATASETS)
+    from jaxflows.data.registry import DATASETS  # a light import (no TFDS, no jax)
+
+    groups = sorted({n.split("/")[0] for n in DATASETS if "/" in n})  # "toy2d": all its configs
+    prep.add_argument("name", choices=[*DATASETS, *groups],
+                      help="a dataset, or a group such as toy2d for all of its configs")
     prep.add_argument("--data_dir", default=None,
                       help="default: $JAXFLOWS_DATA_DIR or ~/.cache/jaxflows/datasets")
 
@@ -65,13 +68,23 @@ def _parser() -> argparse.ArgumentParser:
                  "e.g. --config.model.num_is_examples=-1")
     multihost(ev)
 
-    sa = sub.add_parser("sample", help="write a PNG grid of samples")
+    sa = sub.add_parser("sample", help="draw samples; the task writes its own artifact",
+                        epilog="extra flags --config.sample.KEY=VALUE set the task's sample "
+                               "options (a task refuses options it does not have)")
     sa.add_argument("--workdir", required=True)
     sa.add_argument("--num", type=int, default=64)
-    sa.add_argument("--out", required=True)
-    sa.add_argument("--guidance", type=float, default=0.0)
-    sa.add_argument("--class", dest="class_label", type=int, default=None)
+    sa.add_argument("--out", required=True,
+                    help="output file (PNG grid, SMILES text, scatter PNG: the task's kind)")
+    sa.add_argument("--guidance", type=float, default=None,
+                    help="shortcut for --config.sample.guidance")
+    sa.add_argument("--class", dest="class_label", type=int, default=None,
+                    help="shortcut for --config.sample.class_label")
     sa.add_argument("--seed", type=int, default=0)
+
+    pl = sub.add_parser("plot", help="overlay the training curves of one or more workdirs")
+    pl.add_argument("--workdir", nargs="+", required=True)
+    pl.add_argument("--out", default=None, help="PNG (default: curves.png in the first workdir)")
+    pl.add_argument("--x", choices=("step", "epoch"), default="step")
 
     info = sub.add_parser("info", help="params, FLOPs/example, memory per device",
                           epilog="extra flags --config.KEY=VALUE override config keys")
@@ -93,9 +106,13 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _cmd_data(args) -> None:
     from jaxflows.data.cli import prepare_command
+    from jaxflows.data.registry import DATASETS
 
-    for line in prepare_command(args.name, args.data_dir):
-        print(line)
+    names = [args.name] if args.name in DATASETS else [
+        n for n in DATASETS if n.startswith(args.name + "/")]
+    for name in names:
+        for line in prepare_command(name, args.data_dir):
+            print(line)
 
 
 def _init_distributed(args) -> None:
@@ -125,12 +142,29 @@ def _cmd_eval(args, overrides) -> None:
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
-def _cmd_sample(args) -> None:
-    from jaxflows.train.sample import sample_to_png
+def _cmd_sample(args, overrides) -> None:
+    from jaxflows.train.sample import sample_to_file
 
-    path = sample_to_png(args.workdir, num=args.num, out=args.out, guidance=args.guidance,
-                         class_label=args.class_label, seed=args.seed)
+    options = {}
+    for item in overrides:
+        key, eq, value = item[len("--config."):].partition("=")
+        if not key.startswith("sample.") or not eq:
+            raise UserError(f"{item}: sample takes --config.sample.KEY=VALUE options only")
+        options[key[len("sample."):]] = value
+    if args.guidance is not None:
+        options["guidance"] = args.guidance
+    if args.class_label is not None:
+        options["class_label"] = args.class_label
+    path = sample_to_file(args.workdir, num=args.num, out=args.out, seed=args.seed,
+                          options=options)
     print(f"wrote {path}")
+
+
+def _cmd_plot(args) -> None:
+    from jaxflows.train.curves import plot_curves
+
+    out = args.out or os.path.join(args.workdir[0], "curves.png")
+    print(f"wrote {plot_curves(list(args.workdir), out, x=args.x)}")
 
 
 def _cmd_info(args, overrides) -> None:
@@ -139,6 +173,7 @@ def _cmd_info(args, overrides) -> None:
 
     info = model_info(load_config(args.config, overrides), compile_step=not args.no_compile)
     print(f"params: {info['params']}")
+    print("example: " + ", ".join(f"{k} {v}" for k, v in info["example"].items()))
     print(f"mesh: {info['mesh']}")
     print(f"flops_per_example: {info['flops_per_example']:.4g}")
     print(f"state_bytes_per_device: {info['state_bytes_per_device']}")
@@ -158,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = _split_overrides(argv)
     parser = _parser()
     args = parser.parse_args(rest)
-    if overrides and args.command not in ("train", "eval", "info"):
-        parser.error(f"--config.KEY=VALUE overrides only apply to train, eval and info, got "
-                     f"{overrides[0]}")
+    if overrides and args.command not in ("train", "eval", "info", "sample"):
+        parser.error(f"--config.KEY=VALUE overrides only apply to train, eval, sample and "
+                     f"info, got {overrides[0]}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -171,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             _cmd_eval(args, overrides)
         elif args.command == "sample":
-            _cmd_sample(args)
+            _cmd_sample(args, overrides)
+        elif args.command == "plot":
+            _cmd_plot(args)
         elif args.command == "info":
             _cmd_info(args, overrides)
         elif args.command == "table":

@@ -10,7 +10,6 @@ digits (8x8), so it needs no download.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,14 +32,14 @@ DEMO_RUNS = (
 def _run_one(name: str, spec: str, out: str) -> dict:
     from jaxflows.eval.grid import save_grid
     from jaxflows.train import load_config, train
-    from jaxflows.train.sample import sample_images
+    from jaxflows.train.sample import sample_from_workdir
 
     config = load_config(os.path.join(REPO, spec), ["--config.train.progress_bar=false"])
     workdir = os.path.join(out, name)
     t0 = time.time()
     result = train(config, workdir)
     result["train_and_eval_s"] = time.time() - t0
-    images = sample_images(workdir, num=64, seed=0)
+    _, images = sample_from_workdir(workdir, num=64, seed=0)
     save_grid(_upscale(images), os.path.join(out, f"{name}_samples.png"))
     if name in ("vae", "ccliniaf"):
         _reconstructions(workdir, os.path.join(out, f"{name}_reconstructions.png"))
@@ -54,13 +53,10 @@ def _upscale(images: np.ndarray, factor: int = 4) -> np.ndarray:
 
 def _reconstructions(workdir: str, path: str) -> None:
     """Top rows: test digits (binarized); bottom rows: their reconstructions."""
-    import ml_collections
-
     from jaxflows.eval.grid import save_grid
-    from jaxflows.train.loop import build, open_split, restore_for_eval
+    from jaxflows.train.loop import build, load_saved_config, open_split, restore_for_eval
 
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = load_saved_config(workdir)
     run = build(config)
     _, state = restore_for_eval(run, workdir)
     source = open_split(run, config.data.test_split)

@@ -13,7 +13,8 @@ TOY = os.path.join(REPO, "tests", "train", "toy_config.py")
 
 def _cli(*args, data_dir=None, devices=1):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=os.pathsep.join([REPO, os.path.dirname(TOY)]))  # the toy task module
     if data_dir:
         env["JAXFLOWS_DATA_DIR"] = str(data_dir)
     return subprocess.run([sys.executable, "-m", "jaxflows.cli", *args], capture_output=True,
@@ -50,9 +51,18 @@ def test_unknown_config_key_and_row(tmp_path):
 
 def test_missing_dataset_names_the_prepare_command(tmp_path):
     line = _one_error_line(_cli("train", "--config", f"{TOY}:default", "--workdir",
-                                str(tmp_path / "w"), data_dir=tmp_path / "empty"))
-    assert "dataset digits is not prepared" in line
-    assert "jaxflows data prepare digits" in line
+                                str(tmp_path / "w"), "--config.data.name=mnist",
+                                data_dir=tmp_path / "empty"))
+    assert "dataset mnist is not prepared" in line
+    assert "jaxflows data prepare mnist" in line
+    assert not os.path.exists(tmp_path / "w" / "config.json")  # nothing written
+
+
+def test_embedded_digits_prepare_themselves_on_first_use(tmp_path):
+    out = _cli("info", "--config", f"{TOY}:default", "--no_compile", data_dir=tmp_path / "fresh")
+    assert out.returncode == 0, out.stderr
+    assert os.path.isdir(tmp_path / "fresh" / "jaxflows_digits")
+    assert "example: image uint8[8, 8, 1], label int32[]" in out.stdout
 
 
 def test_data_prepare_digits_and_info(tmp_path):

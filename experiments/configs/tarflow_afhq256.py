@@ -10,7 +10,9 @@ Rows (``experiments/configs/tarflow_afhq256.py:ROW``):
 Optimiser (ml-tarflow): AdamW (0.9, 0.95), weight decay 1e-4, one warmup epoch, cosine to 1e-6.
 """
 
-from jaxflows.models.tarflow import default_model_config, official_recipe_config
+from tarflow_recipe import official_recipe_config
+
+from jaxflows.models.tarflow_config import default_model_config
 
 
 def get_config(arg: str = "cond"):

@@ -28,7 +28,9 @@ contractions of about e^6 for the always-black background (its dequantisation no
 and hit a NaN.
 """
 
-from jaxflows.models.tarflow import default_model_config, official_recipe_config
+from tarflow_recipe import official_recipe_config
+
+from jaxflows.models.tarflow_config import default_model_config
 
 SESSION_MODEL = dict(patch_size=4, channels=64, num_blocks=8, layers_per_block=1)
 

@@ -51,7 +51,7 @@ def get_config(arg: str = "vae") -> ml_collections.ConfigDict:
     c.seed = 1
 
     m = c.model
-    m.name = "vae"
+    m.name = "jaxflows.models.vae"
     m.flow, m.num_flows, m.num_components = (_PAPER_ROWS | _SMOKE_ROWS)[arg]
     m.latent_dim = 40
     m.hidden = (300, 300)
@@ -62,7 +62,7 @@ def get_config(arg: str = "vae") -> ml_collections.ConfigDict:
     m.num_is_examples = -1  # IS-NLL on the first N test images (-1: all); -ELBO always on all
 
     c.data.name = "mnist"
-    c.data.eval_binarize_seed = 777
+    c.data.transforms = ("binarize_eval(seed=777)",)
 
     c.train.batch_size = 100
     c.train.eval_batch_size = 500

@@ -8,11 +8,12 @@ the generic invariant tests run over it.
 
 from jaxflows.bijectors._base import VectorBijector, fill_strictly_lower
 from jaxflows.bijectors.actnorm import ActNorm, actnorm_init
-from jaxflows.bijectors.autoregressive import IAF, MAF, AffineAutoregressive
+from jaxflows.bijectors.autoregressive import IAF, MAF, AffineAutoregressive, MADELike
 from jaxflows.bijectors.coupling import AffineCoupling
 from jaxflows.bijectors.examples import EXAMPLES
 from jaxflows.bijectors.householder import Householder
 from jaxflows.bijectors.linear_iaf import CCLinearIAF, LinearIAF
+from jaxflows.bijectors.made_masks import MADEConditioner
 from jaxflows.bijectors.nlsq import NLSq
 from jaxflows.bijectors.permutation import Permutation, RandomPermutation, ReversePermutation
 from jaxflows.bijectors.planar import Planar, constrain_u
@@ -29,6 +30,8 @@ __all__ = [
     "CCLinearIAF",
     "Householder",
     "LinearIAF",
+    "MADEConditioner",
+    "MADELike",
     "NLSq",
     "Permutation",
     "Planar",

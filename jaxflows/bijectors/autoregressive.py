@@ -1,5 +1,11 @@
 """Affine autoregressive flows on a MADE: IAF (fast sampling) and MAF (fast density).
 
+The MADE is the *conditioner*: any object with the static facts ``features``, ``num_params``
+and ``order`` and a method ``apply(variables, x[, context]) -> [..., num_params, features]``
+whose variables follow the MADE layout (see :class:`MADELike`). The Flax module
+:class:`jaxflows.nn.made.MADE` is one; :class:`jaxflows.bijectors.made_masks.MADEConditioner`
+(plain arrays, no Flax) is another. This module imports nothing from ``jaxflows.nn``.
+
 One code path, :class:`AffineAutoregressive`, with a flag naming the fast direction. Each
 coordinate is transformed as ``y_i = x_i exp(s_i) + m_i`` where ``(m_i, s_i)`` come from a MADE
 applied to the *conditioning side*:
@@ -27,21 +33,45 @@ Scale parametrisation (``gate``), both bounded and stable:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxflows.bijectors._base import Array, VectorBijector, as_float_param, broadcast_batch_shapes
-from jaxflows.nn.made import MADE, check_order
+from jaxflows.bijectors.made_masks import check_order
+
+
+class MADELike(Protocol):
+    """What :class:`AffineAutoregressive` needs from its conditioner (a MADE).
+
+    ``features`` (``D``), ``num_params`` (must be 2: shift and raw scale) and ``order``
+    (``order[j]`` = position of input ``j``; ``None`` is the identity) are static. ``apply``
+    maps ``x: [..., D]`` (and ``context: [..., C]`` when given) to ``[..., num_params, D]``,
+    with output ``i`` depending on input ``j`` only when ``order[j] < order[i]``. Its variables
+    are ``{'params': {'layer_0': {'kernel': [D, H], ...}, ..., 'context': {'kernel': [C, H]}}}``
+    (``context`` only when conditioned), as :class:`jaxflows.nn.made.MADE` creates them. The
+    object must be hashable and comparable (it is static pytree metadata of the bijector).
+    """
+
+    features: int
+    num_params: int
+    order: tuple[int, ...] | None
+
+    def apply(self, variables: Any, x: Array, context: Array | None = None) -> Array: ...
+
+
+_MADE_ATTRS = ("features", "num_params", "order", "apply")
 
 
 class AffineAutoregressive(VectorBijector):
     """Affine autoregressive bijector on a MADE; ``fast`` chooses the parallel direction.
 
     Args:
-      made: a :class:`jaxflows.nn.made.MADE` with ``num_params == 2`` (static).
+      made: the conditioner, a MADE with ``num_params == 2`` (static): any
+        :class:`MADELike`, e.g. :class:`jaxflows.nn.made.MADE` or
+        :class:`jaxflows.bijectors.made_masks.MADEConditioner`.
       params: its variables ``{'params': ...}`` (or the inner params dict); every leaf may carry
         the same leading batch dims (one MADE per batch element).
       fast: ``'forward'`` (IAF) or ``'inverse'`` (MAF).
@@ -50,12 +80,16 @@ class AffineAutoregressive(VectorBijector):
       gate_bias, gate_clip, max_log_scale: constants of the two gates.
     """
 
-    def __init__(self, made: MADE, params: Any, *, fast: str, gate: str = "tanh",
+    def __init__(self, made: MADELike, params: Any, *, fast: str, gate: str = "tanh",
                  context: Array | None = None, gate_bias: float = 2.0,
                  gate_clip: float = 6.0, max_log_scale: float = 3.0):
         owner = type(self).__name__
-        if not isinstance(made, MADE):
-            raise ValueError(f"{owner}: `made` must be a jaxflows.nn.made.MADE, got {made!r}.")
+        missing = [a for a in _MADE_ATTRS if not hasattr(made, a)]
+        if missing or not callable(made.apply):
+            raise ValueError(
+                f"{owner}: `made` must be a MADE-like conditioner with `features`, "
+                f"`num_params`, `order` and `apply(variables, x[, context])` (e.g. "
+                f"jaxflows.nn.made.MADE), got {made!r} (missing {missing or ['callable apply']}).")
         if made.num_params != 2:
             raise ValueError(f"{owner}: the MADE needs num_params=2, got {made.num_params}.")
         if fast not in ("forward", "inverse"):
@@ -192,7 +226,7 @@ class IAF(AffineAutoregressive):
     ``'sigmoid'`` (Kingma's gated update ``y = sigma x + (1 - sigma) m``).
     """
 
-    def __init__(self, made: MADE, params: Any, *, gate: str = "sigmoid",
+    def __init__(self, made: MADELike, params: Any, *, gate: str = "sigmoid",
                  context: Array | None = None, gate_bias: float = 2.0,
                  gate_clip: float = 6.0, max_log_scale: float = 3.0):
         super().__init__(made, params, fast="forward", gate=gate, context=context,
@@ -207,7 +241,7 @@ class MAF(AffineAutoregressive):
     ``'tanh'`` (bounded log-scale).
     """
 
-    def __init__(self, made: MADE, params: Any, *, gate: str = "tanh",
+    def __init__(self, made: MADELike, params: Any, *, gate: str = "tanh",
                  context: Array | None = None, gate_bias: float = 2.0,
                  gate_clip: float = 6.0, max_log_scale: float = 3.0):
         super().__init__(made, params, fast="inverse", gate=gate, context=context,

@@ -18,12 +18,12 @@ from jaxflows.bijectors.autoregressive import IAF, MAF
 from jaxflows.bijectors.coupling import AffineCoupling
 from jaxflows.bijectors.householder import Householder
 from jaxflows.bijectors.linear_iaf import CCLinearIAF, LinearIAF
+from jaxflows.bijectors.made_masks import MADEConditioner
 from jaxflows.bijectors.nlsq import NLSq
 from jaxflows.bijectors.permutation import RandomPermutation, ReversePermutation
 from jaxflows.bijectors.planar import Planar
 from jaxflows.bijectors.radial import Radial
 from jaxflows.bijectors.sylvester import SylvesterOrthogonal, SylvesterTriangular
-from jaxflows.nn.made import MADE
 
 
 def _normals(key, *shapes, scale=1.0):
@@ -78,7 +78,8 @@ def sylvester_triangular(key, dim):
 
 
 def _made(key, dim, order):
-    made = MADE(features=dim, hidden=(16, 16), order=order)
+    # The plain-array MADE (same function and parameter layout as jaxflows.nn.made.MADE).
+    made = MADEConditioner(features=dim, hidden=(16, 16), order=order)
     k1, k2 = jax.random.split(key)
     params = made.init(k1, jnp.zeros((dim,)))
     leaves, tree = jax.tree.flatten(params)

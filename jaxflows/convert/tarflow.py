@@ -37,17 +37,26 @@ LayerNorm eps 1e-5 and exact GELU all match, so converted params reproduce the o
 
     # 1. download (on a machine with internet; 1.9 GB)
     wget https://ml-site.cdn-apple.com/models/tarflow/afhq256/afhq_model_8_768_8_8_0.07.pth
-    # 2. convert to a flat .npz of params (checks every key and shape against the config)
+    # 2. convert to an Orbax params checkpoint (checks every key and shape against the config)
     python -m jaxflows.convert.tarflow afhq_model_8_768_8_8_0.07.pth \\
-        --config experiments/configs/tarflow_afhq256.py:cond --out afhq256_params.npz
-    # 3. optional: sample a grid straight from the converted params (guidance 1, denoised)
+        --config experiments/configs/tarflow_afhq256.py:cond --out afhq256_params
+    # or step 2 plus a grid sampled straight from the converted params (guidance 1, denoised)
     python -m jaxflows.convert.tarflow afhq_model_8_768_8_8_0.07.pth \\
-        --config experiments/configs/tarflow_afhq256.py:cond --out afhq256_params.npz \\
+        --config experiments/configs/tarflow_afhq256.py:cond --out afhq256_params \\
         --sample afhq256_samples.png --num 16 --guidance 1.0 --denoise
 
-``--config`` is optional: without it the model shape is inferred from the state dict
-(:func:`infer_model_kwargs`, ``--image_channels 3``). Sampling a 256x256 model is slow on CPU
-(1024 sequential tokens x 8 blocks); use an accelerator. In Python::
+``--out DIR`` (the default form) writes an Orbax checkpoint directory of ``{'params': params}``
+(:func:`jaxflows.train.pretrained.save_params`; ``DIR`` must not exist yet), which a training run
+loads with ``config.init_from = [{'path': DIR, 'source': 'params', 'target': ''}]`` (e.g. to
+fine-tune the official weights). ``--out FILE.npz`` writes a flat ``.npz`` instead (keys
+``blocks_0/proj_in_kernel``, ...; read it back with :func:`unflatten_params`). ``--config`` is
+optional: without it the model shape is inferred from the state dict (:func:`infer_model_kwargs`,
+``--image_channels 3``). Sampling a 256x256 model is slow on CPU (1024 sequential tokens x 8
+blocks); use an accelerator.
+
+A file that is not a ``torch.save`` state dict (not a zip, a zip without ``data.pkl``, corrupt
+bytes) raises :class:`TorchCheckpointError` (a :class:`jaxflows.errors.UserError`) naming the file;
+the command prints ``error: ...`` and exits with status 2. In Python::
 
     from jaxflows.convert.tarflow import load_torch_state_dict, convert_state_dict
     params = convert_state_dict(load_torch_state_dict(path), model)   # model: TarFlowModel
@@ -63,6 +72,7 @@ import math
 import os
 import pickle
 import struct
+import sys
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -70,9 +80,18 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from jaxflows.errors import UserError
 from jaxflows.nn.patches import official_to_ours
 
 log = logging.getLogger(__name__)
+
+
+class TorchCheckpointError(UserError, ValueError):
+    """A file that is not a ``torch.save``'d state dict; the one-line message names the file."""
+
+
+class TorchPickleError(TorchCheckpointError, pickle.UnpicklingError):
+    """A torch checkpoint whose pickle is corrupt or needs more than a state dict's globals."""
 
 # ------------------------------------------------------------------------------------------
 # torch zip format, read
@@ -155,31 +174,61 @@ class _TorchUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
+def _file_name(path_or_file) -> str:
+    if isinstance(path_or_file, (str, os.PathLike)):
+        return os.fspath(path_or_file)
+    name = getattr(path_or_file, "name", None)
+    return str(name) if isinstance(name, (str, os.PathLike)) else "<file object>"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
 def load_torch_state_dict(path_or_file) -> dict[str, np.ndarray]:
     """Reads a ``torch.save``'d state dict (zip format) into ``{key: np.ndarray}``.
 
     Accepts a path or a binary file object. A checkpoint that wraps the state dict
-    (``{'model': sd}`` / ``{'state_dict': sd}``) is unwrapped. Raises ``ValueError`` for the
-    legacy (non-zip) format.
+    (``{'model': sd}`` / ``{'state_dict': sd}``) is unwrapped. Raises
+    :class:`TorchCheckpointError` (a ``UserError`` and ``ValueError``) naming the file when it
+    is missing, not a zip (e.g. the legacy format), a zip without one ``data.pkl``, big-endian,
+    corrupt, or holds no state dict; :class:`TorchPickleError` (also a
+    ``pickle.UnpicklingError``) when the pickle is corrupt or references other globals.
     """
+    name = _file_name(path_or_file)
+    if isinstance(path_or_file, (str, os.PathLike)) and not os.path.isfile(path_or_file):
+        what = "is a directory" if os.path.isdir(path_or_file) else "does not exist"
+        raise TorchCheckpointError(f"{name} {what}, not a torch checkpoint file")
     if not zipfile.is_zipfile(path_or_file):
-        raise ValueError(f"{path_or_file!r} is not a zip-format torch checkpoint "
-                         "(re-save it with torch >= 1.6 or `torch.save(sd, f)`)")
-    with zipfile.ZipFile(path_or_file) as zf:
-        pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
-        if len(pkls) != 1:
-            raise ValueError(f"expected one data.pkl in the checkpoint, found {pkls}")
-        prefix = pkls[0][: -len("data.pkl")]
-        order = zf.read(prefix + "byteorder").decode().strip() if (
-            prefix + "byteorder") in zf.namelist() else "little"
-        if order != "little":
-            raise ValueError(f"big-endian checkpoints are not supported (byteorder={order})")
-        obj = _TorchUnpickler(io.BytesIO(zf.read(pkls[0])), zf, prefix).load()
+        raise TorchCheckpointError(f"{name} is not a zip-format torch checkpoint "
+                                   "(re-save it with torch >= 1.6 or `torch.save(sd, f)`)")
+    try:
+        with zipfile.ZipFile(path_or_file) as zf:
+            pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
+            if len(pkls) != 1:
+                found = f"found {len(pkls)}" if pkls else "found none"
+                raise TorchCheckpointError(f"{name} is a zip but not a torch checkpoint: "
+                                           f"expected one data.pkl, {found}")
+            prefix = pkls[0][: -len("data.pkl")]
+            order = zf.read(prefix + "byteorder").decode().strip() if (
+                prefix + "byteorder") in zf.namelist() else "little"
+            if order != "little":
+                raise TorchCheckpointError(f"{name}: big-endian checkpoints are not supported "
+                                           f"(byteorder={order})")
+            obj = _TorchUnpickler(io.BytesIO(zf.read(pkls[0])), zf, prefix).load()
+    except TorchCheckpointError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise TorchPickleError(f"{name}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    except Exception as e:  # noqa: BLE001  (any failure to read it: a corrupt file)
+        raise TorchCheckpointError(f"{name} is a corrupt torch checkpoint "
+                                   f"({_first_line(e)})") from None
     for wrap in ("state_dict", "model"):
         if isinstance(obj, Mapping) and wrap in obj and isinstance(obj[wrap], Mapping):
             obj = obj[wrap]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+        raise TorchCheckpointError(f"{name} holds a {type(obj).__name__}, not a state dict")
     return {str(k): np.asarray(v) for k, v in obj.items()}
 
 
@@ -405,14 +454,27 @@ def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI: convert an official checkpoint to ``.npz`` params and optionally sample a grid."""
+def main(argv: list[str] | None = None) -> int:
+    """CLI: convert an official checkpoint to an Orbax params checkpoint (or ``.npz``) and
+    optionally sample a grid. A :class:`jaxflows.errors.UserError` prints ``error: ...`` on
+    stderr and exits with status 2."""
+    try:
+        _main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return 0
+
+
+def _main(argv: list[str] | None) -> None:
     import jax
     import jax.numpy as jnp
     import ml_collections
 
-    from jaxflows.models.base import DataInfo
-    from jaxflows.models.tarflow import TarFlowModel, TarFlowTask
+    from jaxflows.models.tarflow import TarFlowModel
+    from jaxflows.models.tarflow_config import TASK_MODULE, model_from_config
+    from jaxflows.models.tarflow_task import TarFlowTask
+    from jaxflows.train.task import DataInfo
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
@@ -422,7 +484,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--noise_std", type=float, default=None,
                     help="training noise for --denoise without --config (default: parsed from "
                          "the official file name, e.g. ..._0.07.pth)")
-    ap.add_argument("--out", required=True, help="output .npz of flattened params")
+    ap.add_argument("--out", required=True,
+                    help="new directory for an Orbax params checkpoint (loadable with "
+                         "config.init_from), or FILE.npz for flattened params")
     ap.add_argument("--sample", default="", help="write a PNG grid of samples here")
     ap.add_argument("--num", type=int, default=16)
     ap.add_argument("--guidance", type=float, default=0.0)
@@ -432,10 +496,17 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 
+    to_npz = args.out.endswith(".npz")
+    if not to_npz and os.path.exists(args.out):  # before the (long) conversion
+        raise UserError(f"--out {args.out} already exists",
+                        hint="choose a new directory for the Orbax checkpoint")
     sd = load_torch_state_dict(args.checkpoint)
-    inferred = infer_model_kwargs(sd, args.image_channels)
+    try:
+        inferred = infer_model_kwargs(sd, args.image_channels)
+    except (KeyError, ValueError, IndexError) as e:
+        raise UserError(f"{args.checkpoint} is not an ml-tarflow state dict "
+                        f"({_first_line(e)})") from None
     if args.config:
-        from jaxflows.models.tarflow import model_from_config
         from jaxflows.train.config_loader import load_config
 
         config = load_config(args.config)
@@ -449,25 +520,35 @@ def main(argv: list[str] | None = None) -> None:
             except ValueError:
                 noise = 0.0
         config = ml_collections.ConfigDict({"dtype": "float32", "model": {
-            "name": "tarflow", "patch_size": inferred["patch_size"],
+            "name": TASK_MODULE, "patch_size": inferred["patch_size"],
             "channels": inferred["width"], "num_blocks": inferred["num_blocks"],
             "layers_per_block": inferred["layers_per_block"], "head_dim": args.head_dim,
             "num_classes": inferred["num_classes"], "nvp": inferred["nvp"],
             "noise_type": "gaussian", "noise_std": noise}})
         model = TarFlowModel(head_dim=args.head_dim, **inferred)
-    params = convert_state_dict(sd, model)
-    np.savez(args.out, **flatten_params(params))
-    print(f"wrote {args.out}: {sum(v.size for v in flatten_params(params).values()):,} params")
-    if args.sample:
-        from jaxflows.eval.grid import save_grid
+    try:
+        params = convert_state_dict(sd, model)
+    except ValueError as e:
+        raise UserError(f"{args.checkpoint} does not fit the model: {_first_line(e)}",
+                        hint="check --config, or --image_channels / --head_dim") from None
+    num = sum(v.size for v in flatten_params(params).values())
+    if to_npz:
+        np.savez(args.out, **flatten_params(params))
+        print(f"wrote {args.out}: {num:,} params")
+    else:
+        from jaxflows.train.pretrained import save_params
 
-        task = TarFlowTask(config, DataInfo(inferred["image_shape"], inferred["num_classes"], 0))
+        out = save_params(args.out, params)
+        print(f"wrote {out}: {num:,} params (Orbax checkpoint; load it with config.init_from="
+              f"[{{'path': '{out}', 'source': 'params', 'target': ''}}])")
+    if args.sample:
+        info = DataInfo.for_images(inferred["image_shape"], inferred["num_classes"], 0)
+        task = TarFlowTask(config, info)
         imgs = task.sample(jax.tree.map(jnp.asarray, params), jax.random.key(args.seed),
                            args.num, guidance=args.guidance, class_label=args.class_label,
                            denoise=args.denoise)
-        save_grid(np.asarray(imgs), args.sample, ncol=int(math.ceil(math.sqrt(args.num))))
-        print(f"wrote {args.sample}")
+        print(f"wrote {task.write_samples(imgs, args.sample)}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,7 +2,10 @@
 
 - :mod:`~jaxflows.data.registry`: ``prepare``, ``load_source``, ``dataset_info``,
   ``default_data_dir``, ``FixedBinarizedSource``, ``InMemorySource`` (names ``mnist``,
-  ``moses``, ``digits``; TFDS builders writing ArrayRecord in :mod:`~jaxflows.data.builders`).
+  ``moses``, ``moses_selfies``, ``digits``, ``toy2d/*``; TFDS builders writing ArrayRecord in
+  :mod:`~jaxflows.data.builders`).
+- :mod:`~jaxflows.data.source_transforms`: host-side transforms named in
+  ``config.data.transforms`` (``binarize_eval``, ``pad_tokens``).
 - :mod:`~jaxflows.data.pipeline`: ``train_iterator`` (infinite, per-process, checkpointable
   grain iterator) and ``eval_batches`` (one padded pass with a mask).
 - :mod:`~jaxflows.data.transforms`: ``dynamic_binarize``, ``to_unit``, ``uniform_dequantize``,

@@ -52,6 +52,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from jaxflows.data.registry import narrow_dtype
 from jaxflows.errors import UserError
 
 __all__ = [
@@ -81,16 +82,8 @@ def _check_process(process_index: int, process_count: int) -> None:
 
 
 def _to_numpy(example: dict[str, Any]) -> dict[str, Any]:
-    """Normalise one example: ``image`` -> uint8 array, ``label`` -> int32; others as arrays."""
-    out = {}
-    for k, v in example.items():
-        if k == "image":
-            out[k] = np.asarray(v, dtype=np.uint8)
-        elif k == "label":
-            out[k] = np.int32(v)
-        else:
-            out[k] = np.asarray(v)
-    return out
+    """Normalise one example: ``image`` -> uint8, 64-bit numbers -> 32-bit; others as arrays."""
+    return {k: _to_numpy_batch(k, v) for k, v in example.items()}
 
 
 def _stack(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -103,7 +96,7 @@ def read_batch(source, indices: Sequence[int]) -> dict[str, np.ndarray]:
 
     Uses ``source.get_batch`` (in-memory sources), else one batched ``__getitems__`` read
     (TFDS ArrayRecord sources: much faster than record by record), else ``source[i]``.
-    ``image`` becomes uint8 and ``label`` int32.
+    ``image`` becomes uint8, 64-bit numbers 32-bit (``label`` int32).
     """
     if hasattr(source, "get_batch"):
         return {k: _to_numpy_batch(k, v) for k, v in source.get_batch(indices).items()}
@@ -115,9 +108,10 @@ def read_batch(source, indices: Sequence[int]) -> dict[str, np.ndarray]:
 def _to_numpy_batch(key: str, value) -> np.ndarray:
     if key == "image":
         return np.asarray(value, dtype=np.uint8)
-    if key == "label":
-        return np.asarray(value, dtype=np.int32)
-    return np.asarray(value)
+    value = np.asarray(value)
+    if value.dtype.kind in "iuf":
+        return value.astype(narrow_dtype(value.dtype), copy=False)
+    return value
 
 
 def epoch_permutation(num_records: int, seed: int, epoch: int) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Named offline datasets: build them once, then read them as random-access sources.
 
-Known names: ``mnist`` (50k/10k/10k, uint8 [28, 28, 1]), ``moses`` (SMILES text), ``digits``
-(scikit-learn 8x8 digits, uint8 [8, 8, 1], the embedded default). See the builders in
-:mod:`jaxflows.data.builders` for the exact sources and split rules.
+Known names (:data:`DATASETS`): ``mnist`` (50k/10k/10k, uint8 [28, 28, 1]), ``moses`` (SMILES
+text), ``moses_selfies`` (SELFIES token ids with the vocabulary in the dataset's metadata),
+``digits`` (scikit-learn 8x8 digits, uint8 [8, 8, 1], the embedded default) and
+``toy2d/<density>`` (the six 2-D densities of the flow-prior paper, float32 [2] with their
+log-density). ``digits`` and ``toy2d/*`` are embedded: generated locally and prepared on first
+use. See the builders in :mod:`jaxflows.data.builders` for the exact sources and split rules.
 
 Typical use::
 
@@ -48,24 +51,39 @@ __all__ = [
 class _Spec:
     module: str
     cls: str
-    image_shape: tuple[int, int, int] | None
-    num_classes: int | None
     splits: dict[str, int]  # expected sizes of the real data
+    #: generated locally in seconds (no download): prepared on first use
+    embedded: bool = False
+    builder_kwargs: tuple[tuple[str, Any], ...] = ()  # e.g. (("config", "moons"),)
 
 
 DATASETS: dict[str, _Spec] = {
     "mnist": _Spec(
-        "jaxflows.data.builders.mnist", "JaxflowsMnist", (28, 28, 1), 10,
+        "jaxflows.data.builders.mnist", "JaxflowsMnist",
         {"train": 50000, "validation": 10000, "test": 10000},
     ),
     "moses": _Spec(
-        "jaxflows.data.builders.moses", "JaxflowsMoses", None, None,
+        "jaxflows.data.builders.moses", "JaxflowsMoses",
         {"train": 1574663, "validation": 10000, "test": 176074},
     ),
     "digits": _Spec(
-        "jaxflows.data.builders.digits", "JaxflowsDigits", (8, 8, 1), 10,
-        {"train": 1397, "validation": 200, "test": 200},
+        "jaxflows.data.builders.digits", "JaxflowsDigits",
+        {"train": 1397, "validation": 200, "test": 200}, embedded=True,
     ),
+    # MOSES rows as SELFIES token ids (needs rdkit + selfies); sizes after dropping
+    "moses_selfies": _Spec(
+        "jaxflows.data.builders.moses_selfies", "JaxflowsMosesSelfies",
+        {"train": 1574663, "validation": 10000, "test": 176074},
+    ),
+    # the 2-D toy densities of arXiv 2506.05240 (jaxflows.data.toy2d), one TFDS config each
+    **{
+        f"toy2d/{_name}": _Spec(
+            "jaxflows.data.builders.toy2d", "JaxflowsToy2d",
+            {"train": 50000, "validation": 5000, "test": 5000}, embedded=True,
+            builder_kwargs=(("config", _name),),
+        )
+        for _name in ("gmm5", "grid", "moons", "rings", "spiral", "swissroll")
+    },
 }
 
 
@@ -83,7 +101,7 @@ def _unknown(name: str) -> UserError:
 def _builder(name: str, data_dir: str, **kwargs):
     spec = DATASETS[name]
     cls = getattr(importlib.import_module(spec.module), spec.cls)
-    return cls(data_dir=data_dir, **kwargs)
+    return cls(data_dir=data_dir, **dict(spec.builder_kwargs), **kwargs)
 
 
 def _is_prepared(builder) -> bool:
@@ -131,7 +149,7 @@ def prepare(
         return _split_sizes(builder)
     os.makedirs(data_dir, exist_ok=True)
     # Several processes on one machine may prepare at once: one builds, the others wait.
-    with open(os.path.join(data_dir, f".prepare-{name}.lock"), "w") as lock:
+    with open(os.path.join(data_dir, f".prepare-{name.replace('/', '_')}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         builder = _builder(name, data_dir, source_path=source_path)
         if not _is_prepared(builder):
@@ -157,6 +175,10 @@ def _prepared_builder(name: str, data_dir: str | os.PathLike | None):
     data_dir = _resolve_dir(data_dir)
     if name in DATASETS:
         builder = _builder(name, data_dir)
+        if not _is_prepared(builder) and DATASETS[name].embedded:
+            log.warning("preparing the embedded dataset %s in %s (first use)", name, data_dir)
+            prepare(name, data_dir)
+            builder = _builder(name, data_dir)
         if not _is_prepared(builder):
             raise DatasetNotPreparedError(
                 f"dataset {name} is not prepared in {data_dir}",
@@ -195,40 +217,96 @@ def load_source(
     return InMemorySource(source) if in_memory else source
 
 
+def element_spec_of(features) -> dict[str, Any]:
+    """One example's array fields from TFDS ``features``: ``{name: jax.ShapeDtypeStruct}``.
+
+    ``ClassLabel`` -> int32 scalar; 64-bit ints and floats -> 32-bit (what the input pipeline
+    yields, see :func:`jaxflows.data.pipeline.read_batch`); text fields are left out (they never
+    enter a jitted step). A variable dimension stays ``None``: a data transform must fix it.
+    """
+    import jax
+    import tensorflow_datasets as tfds
+
+    spec = {}
+    for key, feature in features.items():
+        if isinstance(feature, tfds.features.ClassLabel):
+            spec[key] = jax.ShapeDtypeStruct((), np.int32)
+            continue
+        if isinstance(feature, tfds.features.Text):
+            continue
+        dtype = np.dtype(feature.np_dtype)
+        if dtype.kind in "OSU":
+            continue
+        spec[key] = _ShapeSpec(tuple(feature.shape), narrow_dtype(dtype))
+    return spec
+
+
+def narrow_dtype(dtype) -> np.dtype:
+    """int64 -> int32, uint64 -> uint32, float64 -> float32 (jax runs without x64)."""
+    dtype = np.dtype(dtype)
+    return {"i": np.dtype(np.int32), "u": np.dtype(np.uint32), "f": np.dtype(np.float32)}.get(
+        dtype.kind, dtype) if dtype.itemsize == 8 else dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShapeSpec:
+    """A field whose shape may hold ``None`` (variable length) until a transform fixes it;
+    :func:`as_shape_dtype` turns a fully known one into a ``jax.ShapeDtypeStruct``."""
+
+    shape: tuple
+    dtype: Any
+
+
+def as_shape_dtype(spec: Any):
+    """``jax.ShapeDtypeStruct`` of a fully known field (``_ShapeSpec`` or already one)."""
+    import jax
+
+    if isinstance(spec, _ShapeSpec):
+        if any(d is None for d in spec.shape):
+            return spec
+        return jax.ShapeDtypeStruct(spec.shape, spec.dtype)
+    return spec
+
+
 def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Static facts about a dataset: a dict with keys
 
-    - ``image_shape``: ``(H, W, C)`` or None (``moses``),
-    - ``num_classes``: int or None,
+    - ``element_spec``: ``{field: jax.ShapeDtypeStruct}`` of one record's array fields (a field
+      of variable length has ``None`` in its shape until a data transform fixes it),
+    - ``image_shape``: ``(H, W, C)`` of an ``image`` field, or None,
+    - ``num_classes``: class count of a ``label`` field, or None,
     - ``splits``: ``{split: size}`` (actual sizes when prepared, else the expected ones),
+    - ``metadata``: what the builder saved with the data (e.g. a vocabulary), or {},
     - ``prepared``: bool.
 
-    Works without the data for the known names; a TFDS-only name must be prepared.
+    Works without the data for the known names (embedded ones are prepared on first use); a
+    TFDS-only name must be prepared.
     """
     data_dir = _resolve_dir(data_dir)
     if name in DATASETS:
         spec = DATASETS[name]
         builder = _builder(name, data_dir)
+        if not _is_prepared(builder) and spec.embedded:
+            builder = _prepared_builder(name, data_dir)
         prepared = _is_prepared(builder)
-        return {
-            "image_shape": spec.image_shape,
-            "num_classes": spec.num_classes,
-            "splits": _split_sizes(builder) if prepared else dict(spec.splits),
-            "prepared": prepared,
-        }
-    builder = _prepared_builder(name, data_dir)
+        splits = _split_sizes(builder) if prepared else dict(spec.splits)
+    else:
+        builder = _prepared_builder(name, data_dir)
+        prepared, splits = True, _split_sizes(builder)
     features = builder.info.features
-    image_shape = None
+    element = {k: as_shape_dtype(v) for k, v in element_spec_of(features).items()}
     num_classes = None
-    if "image" in features:
-        image_shape = tuple(int(d) for d in features["image"].shape)
     if "label" in features and hasattr(features["label"], "num_classes"):
         num_classes = int(features["label"].num_classes)
+    image = element.get("image")
+    metadata = dict(builder.info.metadata or {}) if prepared else {}
     return {
-        "image_shape": image_shape,
+        "element_spec": element,
+        "image_shape": tuple(image.shape) if image is not None else None,
         "num_classes": num_classes,
-        "splits": _split_sizes(builder),
-        "prepared": True,
+        "splits": splits,
+        "metadata": metadata,
+        "prepared": prepared,
     }
 
 
@@ -260,6 +338,18 @@ class InMemorySource:
 
     def __init__(self, source):
         self.arrays = _read_all(source)
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, Any]) -> InMemorySource:
+        """A source over ``{field: [N, ...]}`` arrays of equal length (e.g. the data of an
+        outer loop that refits a model on new examples)."""
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        sizes = {k: len(v) for k, v in arrays.items()}
+        if not arrays or len(set(sizes.values())) != 1:
+            raise UserError(f"from_arrays needs fields of one common length, got {sizes}")
+        self = cls.__new__(cls)
+        self.arrays = arrays
+        return self
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))

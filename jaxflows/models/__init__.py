@@ -1,6 +1,7 @@
-"""Models: one file per method. Importing this package registers every task."""
+"""Models: one module per method, each a task the engine finds by its module path.
 
-from jaxflows.models import tarflow, vae  # noqa: F401  (registers 'tarflow' and 'vae')
-from jaxflows.models.base import DataInfo, Task, build_task, register
-
-__all__ = ["DataInfo", "Task", "build_task", "register"]
+``config.model.name = "jaxflows.models.vae"`` (or ``"vae"``) names :mod:`jaxflows.models.vae`,
+whose ``TASK`` is the task class; nothing is imported here, so ``import jaxflows.train`` (which
+never imports this package) and ``import jaxflows.models`` stay light. The contract is
+:mod:`jaxflows.train.task`.
+"""

@@ -21,7 +21,7 @@ Training uses KL warm-up ``beta = min(1, epoch / warmup_epochs)`` with the fract
 counted from 1 is the same schedule counted from 0. Training images are binarized dynamically and
 the binary sample is both the encoder input and the Bernoulli target (this fixes reference bug
 §9.2, where the gray image was the target). Eval batches arrive binarized once (uint8 {0, 255},
-``config.data.eval_binarize_seed``), so the model just divides by 255.
+the ``binarize_eval`` data transform), so the model just divides by 255.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import numpy as np
 from jaxflows.data.transforms import dynamic_binarize
 from jaxflows.errors import ConfigError
 from jaxflows.eval.likelihood import importance_sampled_nll
-from jaxflows.models.base import DataInfo, Metrics, PyTree, Task, register
 from jaxflows.nn.gated import GatedMLP, logical_dense
+from jaxflows.train.task import DataInfo, Metrics, PyTree, Task, image_element_spec
 
 FLOWS = ("none", "householder", "linear_iaf", "cc_linear_iaf", "planar", "iaf", "sylvester")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -215,9 +215,8 @@ def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-@register("vae")
 class VAETask(Task):
-    """The VP-flow VAE task (``config.model.name = 'vae'``).
+    """The VP-flow VAE task (``config.model.name = 'jaxflows.models.vae'``).
 
     ``config.model`` keys: ``flow`` (one of :data:`FLOWS`), ``num_flows``, ``num_components``,
     ``latent_dim``, ``hidden`` (tuple), ``likelihood`` (``'bernoulli'`` | ``'gaussian'``),
@@ -225,6 +224,7 @@ class VAETask(Task):
     """
 
     best_metric = "neg_elbo"
+    sample_options = {}  # decoder means of z ~ N(0, I): nothing to choose
 
     def __init__(self, config: ml_collections.ConfigDict, data_info: DataInfo):
         super().__init__(config, data_info)
@@ -262,6 +262,10 @@ class VAETask(Task):
         self.num_is_samples = int(mc.num_is_samples)
         self.is_chunk = int(mc.is_chunk)
         self._terms_jit = jax.jit(self.terms)
+
+    def example_spec(self):
+        """``{'image': uint8 [H, W, C]}``: labels are not used."""
+        return image_element_spec(self.image_shape)
 
     # --- helpers -------------------------------------------------------------------------
     def _apply(self, params: PyTree, *args, **kwargs):
@@ -338,12 +342,18 @@ class VAETask(Task):
         t = self.terms(params, _flatten(batch["image"]), rng)
         return {k: t[k] for k in ("neg_elbo", "recon", "kl")}
 
-    def sample(self, params: PyTree, rng: jax.Array, num: int, **kwargs) -> jax.Array:
+    def sample(self, params: PyTree, rng: jax.Array, num: int) -> jax.Array:
         """Decoder means (Bernoulli probabilities) of ``z ~ N(0, I)``: ``[num, H, W, C]``."""
-        del kwargs
         z = jax.random.normal(rng, (num, self.latent_dim), jnp.float32)
         means = self._apply(params, z, method=FlowVAE.mean_image)
         return means.reshape((num, *self.image_shape))
+
+    def write_samples(self, samples: jax.Array, path: str) -> str:
+        """A PNG grid of the ``[num, H, W, C]`` decoder means."""
+        from jaxflows.eval.grid import save_grid
+
+        save_grid(np.asarray(samples), path)
+        return path
 
     def reconstruct(self, params: PyTree, images: jax.Array, rng: jax.Array) -> jax.Array:
         """Decoder means for one posterior sample of each image: uint8 ``[B, H, W, C]`` -> float
@@ -401,3 +411,6 @@ class VAETask(Task):
         # WORKDIR/eval_per_example.npz instead of eval.json
         out["per_example"] = {"nll_is": vals["nll_is"], "neg_elbo": vals["neg_elbo"]}
         return out
+
+
+TASK = VAETask

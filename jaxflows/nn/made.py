@@ -1,63 +1,25 @@
 """MADE: a masked autoencoder for distribution estimation (Germain et al. 2015), in Flax Linen.
 
 Output ``i`` depends only on inputs ``j`` that come before ``i`` in the autoregressive order
-(and on the optional context, which feeds the first hidden layer without a mask).
+(and on the optional context, which feeds the first hidden layer without a mask). The mask
+math (:func:`made_degrees`, :func:`made_masks`, :func:`check_order`) lives in
+:mod:`jaxflows.bijectors.made_masks` and is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxflows.bijectors.made_masks import check_order, made_degrees, made_masks
+
+__all__ = ["MADE", "MaskedDense", "check_order", "made_degrees", "made_masks"]
+
 Array = jax.Array
-
-
-def made_degrees(features: int, hidden: Sequence[int], order: Sequence[int] | None
-                 ) -> list[np.ndarray]:
-    """Degrees of the input units (``order + 1``, in ``1..D``) and of each hidden layer.
-
-    Hidden units cycle deterministically through ``0..D-1``. Degree-0 units see no input, only
-    the context (when there is one), so that every output, the first in the order included,
-    can depend on the context; without a context they act as extra biases.
-    Returns ``[deg_in: [D], deg_h1: [H1], ...]``.
-    """
-    order = np.arange(features) if order is None else np.asarray(order)
-    degs = [order + 1]
-    for h in hidden:
-        degs.append(np.arange(h) % features)
-    return degs
-
-
-def made_masks(features: int, hidden: Sequence[int], order: Sequence[int] | None,
-               num_params: int = 1) -> list[np.ndarray]:
-    """The binary masks of a MADE, one per layer, as ``[fan_in, fan_out]`` float32 arrays.
-
-    Hidden layer masks connect unit ``k`` to unit ``j`` of the previous layer when
-    ``deg_k >= deg_j``; the output mask connects output ``(p, i)`` (column ``p * D + i``) to
-    hidden unit ``k`` when ``deg_in_i > deg_k``, so output ``i`` sees only inputs that come
-    strictly before ``i`` in the order.
-    """
-    degs = made_degrees(features, hidden, order)
-    masks = [(d_out[None, :] >= d_in[:, None]).astype(np.float32)
-             for d_in, d_out in zip(degs[:-1], degs[1:])]
-    out = (degs[0][None, :] > degs[-1][:, None]).astype(np.float32)     # [H_last, D]
-    masks.append(np.tile(out, (1, num_params)))
-    return masks
-
-
-def check_order(order: Sequence[int] | None, features: int) -> None:
-    """Raises ``ValueError`` unless ``order`` is a permutation of ``range(features)``."""
-    if order is None:
-        return
-    arr = np.asarray(order)
-    if arr.shape != (features,) or sorted(arr.tolist()) != list(range(features)):
-        raise ValueError(
-            f"MADE: `order` must be a permutation of range({features}) with shape "
-            f"({features},), got shape {arr.shape}: {arr.tolist()}.")
 
 
 class MaskedDense(nn.Module):

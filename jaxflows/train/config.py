@@ -18,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # matmul dtype ("bfloat16" on accelerators); flow math stays float32
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = ""
+    c.model.name = ""  # the task's module path, e.g. "jaxflows.models.vae" (TASK inside)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
@@ -26,7 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.eval_split = "validation"
     c.data.test_split = "test"
-    c.data.eval_binarize_seed = -1  # >= 0: binarize eval/test splits once with this seed
+    # host-side transforms by name, e.g. ("binarize_eval(seed=777)",) or ("pad_tokens",);
+    # see jaxflows.data.source_transforms
+    c.data.transforms = ()
     # shapes for `jaxflows info` on machines without the dataset (e.g. ImageNet configs)
     c.data.image_shape = ()
     c.data.num_classes = 0
@@ -60,6 +62,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.skip_nonfinite_max = 0  # > 0: skip updates with NaN/inf gradients (that many in a row)
     c.optim.ema_decay = 0.0  # 0 disables EMA of params
     c.optim.grad_accum_steps = 1
+    # regexes over parameter paths ("encoder/.*"): matching leaves get no update, no optimiser
+    # state and no weight decay (optax.multi_transform) and stay bitwise unchanged
+    c.optim.freeze = ()
+
+    # pretrained parts: a list of {"path": workdir or Orbax params checkpoint,
+    # "source": subtree there (default "params"), "target": subtree of ours (default "" = all)},
+    # applied when a run starts fresh (a resumed run restores its own checkpoint)
+    c.init_from = ()
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
@@ -78,3 +88,22 @@ def base_config() -> ml_collections.ConfigDict:
         ("vocab", "tensor"),
     )
     return c
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A ``config.json`` of an older jaxflows in today's schema (``data.eval_binarize_seed >= 0``
+    becomes the ``binarize_eval`` transform; short task names resolve by alias)."""
+    saved = dict(saved)
+    data = dict(saved.get("data", {}))
+    seed = data.pop("eval_binarize_seed", None)
+    if seed is not None:
+        if seed >= 0 and not data.get("transforms"):
+            data["transforms"] = [f"binarize_eval(seed={int(seed)})"]
+        data.setdefault("transforms", [])
+        saved["data"] = data
+    optim = dict(saved.get("optim", {}))
+    if "freeze" not in optim and optim:
+        optim["freeze"] = []
+        saved["optim"] = optim
+    saved.setdefault("init_from", [])
+    return saved

@@ -10,6 +10,8 @@ import ast
 import difflib
 import importlib.util
 import os
+import sys
+import traceback
 from collections.abc import Iterable
 
 import ml_collections
@@ -18,23 +20,53 @@ from jaxflows.errors import ConfigError
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Calls ``get_config(arg)`` of the file named by ``spec = 'path.py[:arg]'``."""
+    """Calls ``get_config(arg)`` of the file named by ``spec = 'path.py[:arg]'``.
+
+    The file's own folder is on ``sys.path`` while it loads, so a config may import a sibling
+    module (``from tarflow_recipe import official_recipe_config``). Any error in the file is a
+    ConfigError naming ``file:line`` and the message.
+    """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist", hint="see experiments/configs/")
     module_name = "jaxflows_config_" + os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} has no get_config(arg) function")
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
     try:
-        config = module.get_config(arg) if arg else module.get_config()
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: {e}") from None
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except SyntaxError as e:
+            raise ConfigError(f"{e.filename or path}:{e.lineno}: {e.msg}") from None
+        except Exception as e:  # noqa: BLE001  (any failure of the user's file, one line)
+            raise ConfigError(f"{_where(e, path)}: {type(e).__name__}: {e}") from None
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"config file {path!r} has no get_config(arg) function")
+        try:
+            config = module.get_config(arg) if arg else module.get_config()
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"{_where(e, path)}: {type(e).__name__}: {e}") from None
+    finally:
+        if sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
     return config
+
+
+def _where(error: BaseException, path: str) -> str:
+    """``file:line`` of the innermost frame of ``error`` inside the config file ``path``."""
+    target = os.path.abspath(path)
+    where = path
+    for frame in traceback.extract_tb(error.__traceback__):
+        if os.path.abspath(frame.filename) == target:
+            where = f"{path}:{frame.lineno}"
+    return where
 
 
 def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -47,7 +79,7 @@ def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _parse_value(key: str, text: str, current):
+def parse_value(key: str, text: str, current):
     """Parses ``text`` into the type of ``current``; raises ConfigError on a mismatch."""
     if isinstance(current, bool):
         low = text.lower()
@@ -108,7 +140,7 @@ def apply_overrides(
         if isinstance(current, ml_collections.ConfigDict):
             raise ConfigError(f"config key {key!r} is a group; set one of its fields")
         with parent.unlocked():
-            parent[leaf] = _parse_value(key, value, current)
+            parent[leaf] = parse_value(key, value, current)
     return config
 
 

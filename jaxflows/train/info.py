@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxflows.errors import UserError
-from jaxflows.models.base import DataInfo
+from jaxflows.train.task import DataInfo, batch_of
 
 
 def _info_data(config) -> DataInfo:
@@ -25,9 +24,8 @@ def _info_data(config) -> DataInfo:
     except UserError:  # not prepared here, or not an offline dataset (ImageNet)
         if not config.data.image_shape:
             raise
-        return DataInfo(image_shape=tuple(config.data.image_shape),
-                        num_classes=int(config.data.num_classes),
-                        num_train=config.train.batch_size)
+        return DataInfo.for_images(config.data.image_shape, int(config.data.num_classes),
+                                   num_train=config.train.batch_size)
 
 
 def _bytes(tree) -> int:
@@ -39,16 +37,13 @@ def model_info(config, *, compile_step: bool = True) -> dict:
     from jaxflows.train.loop import build
 
     run = build(config, _info_data(config))
-    abstract = jax.eval_shape(run.init_fn, config.seed)
-    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
-    out = {"params": int(n_params), "mesh": dict(run.mesh.shape)}
-    h, w, c = run.data_info.image_shape
+    state = run.abstract_state()
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
+    out = {"params": int(n_params), "mesh": dict(run.mesh.shape),
+           "example": {k: f"{np.dtype(v.dtype).name}{list(v.shape)}"
+                       for k, v in run.example_spec.items()}}
     b = config.train.batch_size
-    batch = {"image": jax.ShapeDtypeStruct((b, h, w, c), jnp.uint8,
-                                           sharding=run.batch_sharding),
-             "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=run.batch_sharding)}
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         abstract, run.state_shardings)
+    batch = batch_of(run.example_spec, b, sharding=run.batch_sharding)
     with jax.set_mesh(run.mesh):
         lowered = run.train_step.lower(state, batch)
         cost = lowered.cost_analysis()

@@ -36,12 +36,13 @@ def to_global(local_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Arr
     }
 
 
-def to_global_stacked(local_batches: list[dict[str, np.ndarray]], sharding) -> dict[str, jax.Array]:
-    """Stacks ``k`` process-local batches into global ``[k, B, ...]`` arrays (axis 1 sharded)."""
+def to_global_stacked(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """Process-local stacked batches ``{field: [k, b, ...]}`` -> global ``[k, B, ...]`` arrays
+    (axis 1 sharded), ``B = b * process_count``."""
     out = {}
     nproc = jax.process_count()
-    for key in local_batches[0]:
-        local = np.stack([b[key] for b in local_batches])
-        global_shape = (local.shape[0], local.shape[1] * nproc) + local.shape[2:]
-        out[key] = jax.make_array_from_process_local_data(sharding, local, global_shape)
+    for key, value in local.items():
+        value = np.asarray(value)
+        global_shape = (value.shape[0], value.shape[1] * nproc) + value.shape[2:]
+        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
     return out

@@ -1,9 +1,24 @@
 """The training loop: config -> sharded state -> jitted steps -> checkpoints, metrics, eval.
 
-``train(config, workdir)`` resumes automatically from ``workdir`` when it holds a checkpoint and
-ends with the same parameters as an uninterrupted run (bitwise on CPU): the state, the data
-iterator and the early-stopping bookkeeping are all restored, and every random draw derives from
-``fold_in(rng, step)``. ``evaluate(workdir)`` writes ``WORKDIR/eval.json``.
+The pieces are public and usable alone, e.g. by an outer loop (Bayesian optimisation) that refits
+a model many times in one process without recompiling:
+
+* :func:`build` validates a config and derives the mesh, the task, the optimiser, the shardings
+  and the jitted functions (a :class:`Run`); nothing compiles until first use;
+* :meth:`Run.init_state` makes a fresh sharded :class:`TrainState` (with ``config.init_from``
+  grafted in), :meth:`Run.abstract_state` its shapes for a restore;
+* :attr:`Run.train_step` / :attr:`Run.multi_step` / :attr:`Run.eval_step` are the compiled steps;
+  :meth:`Run.global_batch` turns a process-local numpy batch into the global sharded one;
+* :func:`fit` runs a number of steps over any random-access source (e.g.
+  ``InMemorySource.from_arrays``), :func:`evaluate_params` averages the task's eval metrics over
+  one pass of a source, :class:`jaxflows.train.checkpoint.Checkpointer` saves and restores.
+
+``train(config, workdir)`` composes them: it resumes automatically from ``workdir`` when it holds a
+checkpoint and ends with the same parameters as an uninterrupted run (bitwise on CPU): the state,
+the data iterator and the early-stopping bookkeeping are all restored, and every random draw
+derives from ``fold_in(rng, step)``. It refuses a workdir whose saved config differs in more than
+the schedule (:mod:`jaxflows.train.workdir`) and a workdir another process trains in.
+``evaluate(workdir)`` writes ``WORKDIR/eval.json``.
 """
 
 from __future__ import annotations
@@ -26,16 +41,16 @@ import numpy as np
 import optax
 
 from jaxflows.data import pipeline
-from jaxflows.errors import ConfigError
-from jaxflows.models.base import DataInfo, Task, build_task
+from jaxflows.errors import ConfigError, UserError
 from jaxflows.provenance import write_json_atomic
 from jaxflows.train import input as engine_input
 from jaxflows.train import mesh as mesh_lib
-from jaxflows.train.checkpoint import Checkpointer, abstract_like
+from jaxflows.train.checkpoint import Checkpointer
 from jaxflows.train.metrics import MetricsWriter
-from jaxflows.train.optim import learning_rate_schedule, make_optimizer
+from jaxflows.train.optim import frozen_mask, learning_rate_schedule, make_optimizer
 from jaxflows.train.state import TrainState
 from jaxflows.train.steps import make_eval_step, make_multi_step, make_train_step
+from jaxflows.train.task import DataInfo, Task, build_task, check_example_spec, zeros_batch
 
 
 @dataclasses.dataclass
@@ -46,19 +61,79 @@ class Run:
     mesh: Any
     task: Task
     data_info: DataInfo
+    example_spec: dict[str, jax.ShapeDtypeStruct]
     steps_per_epoch: int
     total_steps: int
     eval_every_steps: int
     schedule: optax.Schedule
     tx: optax.GradientTransformation
+    frozen: Any  # bool pytree like the params (optim.freeze), or None
     state_shardings: Any
     batch_sharding: Any
-    init_fn: Any
+    stacked_batch_sharding: Any
+    init_params: Any  # jitted: seed -> params
+    state_from_params: Any  # jitted: (params, seed) -> TrainState
     train_step: Any
+    multi_step: Any
     eval_step: Any
     data_dir: str | None
-    multi_step: Any = None
-    stacked_batch_sharding: Any = None
+
+    def init_state(self, seed: int | None = None, *, init_from: bool = True) -> TrainState:
+        """A fresh sharded train state from ``seed`` (default ``config.seed``), with the
+        ``config.init_from`` subtrees grafted into the params (``init_from=False`` skips it)."""
+        seed = np.uint32(self.config.seed if seed is None else seed)
+        params = self.init_params(seed)
+        entries = list(self.config.get("init_from", ()) or ())
+        if init_from and entries:
+            params = self._graft_pretrained(params, entries)
+        return self.state_from_params(params, seed)
+
+    def _graft_pretrained(self, params, entries):
+        from jaxflows.train.pretrained import graft, load_init_from
+
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+        host = jax.tree.map(lambda _: None, params)
+        for target, values in load_init_from(entries, abstract):
+            host = graft(host, target, values)
+            logging.info("init_from: %s <- pretrained", target or "<all params>")
+
+        def place(current, value, sharding):
+            if value is None:
+                return current
+            value = np.asarray(value)
+            return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+        return jax.tree.map(place, params, host, self.state_shardings.params,
+                            is_leaf=lambda x: x is None)
+
+    def abstract_state(self) -> TrainState:
+        """ShapeDtypeStructs of the train state with its shardings (a restore target)."""
+        seed = np.uint32(self.config.seed)
+        abstract = jax.eval_shape(lambda: self.state_from_params(self.init_params(seed), seed))
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, self.state_shardings)
+
+    def global_batch(self, local: dict[str, np.ndarray], *, stacked: bool = False
+                     ) -> dict[str, jax.Array]:
+        """The task's fields (and ``mask``) of a process-local batch as global sharded arrays;
+        a UserError names a field whose per-example shape or dtype is not the task's."""
+        keys = list(self.example_spec) + (["mask"] if "mask" in local else [])
+        lead = 2 if stacked else 1
+        picked = {}
+        for k in keys:
+            if k not in local:
+                raise UserError(f"the batch has no field {k!r} (it has {sorted(local)})")
+            v = np.asarray(local[k])
+            spec = self.example_spec.get(k)
+            if spec is not None and (v.shape[lead:] != tuple(spec.shape)
+                                     or v.dtype != np.dtype(spec.dtype)):
+                raise UserError(
+                    f"data field {k!r} is {v.dtype}{list(v.shape[lead:])} per example but the "
+                    f"task expects {np.dtype(spec.dtype)}{list(spec.shape)}")
+            picked[k] = v
+        if stacked:
+            return engine_input.to_global_stacked(picked, self.stacked_batch_sharding)
+        return engine_input.to_global(picked, self.batch_sharding)
 
 
 def _data_dir(config) -> str | None:
@@ -72,6 +147,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     t = config.train
     if t.batch_size <= 0:
         raise ConfigError(f"config.train.batch_size must be positive, got {t.batch_size}")
+    if t.num_steps <= 0 and not t.num_epochs > 0:
+        raise ConfigError(f"config.train.num_epochs={t.num_epochs} trains nothing",
+                          hint="give a positive num_epochs, or num_steps > 0")
+    if t.eval_batch_size <= 0:
+        raise ConfigError(f"config.train.eval_batch_size must be positive, got "
+                          f"{t.eval_batch_size}")
+    if t.log_every_steps <= 0:
+        raise ConfigError(f"config.train.log_every_steps must be positive, got "
+                          f"{t.log_every_steps}")
     accum = config.optim.grad_accum_steps
     if accum < 1 or t.batch_size % accum:
         raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by "
@@ -87,15 +171,24 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
             raise ConfigError(f"config.train.{key}={value} is not divisible by "
                               f"{num_processes} processes")
     if not config.model.name:
-        raise ConfigError("config.model.name is empty")
+        raise ConfigError("config.model.name is empty",
+                          hint="set it to a task module, e.g. jaxflows.models.vae")
     if config.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"config.dtype={config.dtype!r}; use float32, bfloat16 or float16")
     return shape
 
 
+def _transforms(config):
+    from jaxflows.data.source_transforms import parse_all
+
+    return parse_all(config.data.get("transforms", ()))
+
+
 def data_info(config) -> DataInfo:
-    """Reads the dataset's shapes and split sizes (raises if it is not prepared)."""
+    """The data's element spec (after ``config.data.transforms``), split sizes, classes and
+    metadata; raises if the dataset is not prepared and cannot prepare itself."""
     from jaxflows.data.registry import dataset_info
+    from jaxflows.data.source_transforms import transformed_spec
 
     info = dataset_info(config.data.name, _data_dir(config))
     splits = info["splits"]
@@ -104,9 +197,21 @@ def data_info(config) -> DataInfo:
         if split and split not in splits:
             raise ConfigError(f"config.data.{key}={split!r}: dataset {config.data.name} has "
                               f"splits {sorted(splits)}")
-    return DataInfo(image_shape=tuple(info["image_shape"]), num_classes=info["num_classes"],
-                    num_train=splits[config.data.train_split],
-                    num_eval=splits.get(config.data.eval_split, 0))
+    spec = transformed_spec(_transforms(config), info["element_spec"], info["metadata"])
+    return DataInfo(element_spec=spec, num_train=splits[config.data.train_split],
+                    num_eval=splits.get(config.data.eval_split, 0),
+                    num_classes=int(info["num_classes"] or 0), metadata=info["metadata"])
+
+
+def _check_task_spec(spec, info: DataInfo, where: str) -> None:
+    for k, v in spec.items():
+        have = info.element_spec.get(k)
+        if have is None:
+            raise ConfigError(f"{where} needs the data field {k!r}; dataset fields: "
+                              f"{sorted(info.element_spec)}")
+        if tuple(have.shape) != tuple(v.shape) or np.dtype(have.dtype) != np.dtype(v.dtype):
+            raise ConfigError(f"{where} expects {k!r} as {np.dtype(v.dtype)}{list(v.shape)}, "
+                              f"the data gives {np.dtype(have.dtype)}{list(have.shape)}")
 
 
 def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Run:
@@ -117,24 +222,33 @@ def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Ru
     logging.info("mesh %s over %d devices", dict(zip(mesh_lib.MESH_AXES, shape)),
                  jax.device_count())
     task = build_task(config, info)
+    where = f"task {config.model.name}"
+    spec = check_example_spec(task.example_spec(), where)
+    _check_task_spec(spec, info, where)
     t = config.train
     steps_per_epoch = max(1, info.num_train // t.batch_size)
     total = t.num_steps if t.num_steps > 0 else int(math.ceil(t.num_epochs * steps_per_epoch))
     eval_every = (max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
                   if t.eval_every_epochs > 0 else 0)
     schedule = learning_rate_schedule(config.optim, steps_per_epoch, total)
-    tx = make_optimizer(config.optim, schedule)
     rules = tuple(tuple(r) for r in config.sharding_rules)
-    h, w, c = info.image_shape
-    example = {"image": jnp.zeros((t.batch_size // config.optim.grad_accum_steps, h, w, c),
-                                  jnp.uint8),
-               "label": jnp.zeros((t.batch_size // config.optim.grad_accum_steps,), jnp.int32)}
+    example = zeros_batch(spec, t.batch_size // config.optim.grad_accum_steps)
     ema_on = config.optim.ema_decay > 0
     keep_best = bool(t.get("keep_best_params", True))
 
-    def init_fn(seed):
+    boxed = jax.eval_shape(lambda: task.init(jax.random.key(0), example))
+    p_sh = nn.unbox(mesh_lib.param_shardings(boxed, mesh, rules))
+    frozen = None
+    if config.optim.get("freeze"):
+        frozen = frozen_mask(nn.unbox(boxed), config.optim.freeze)
+    tx = make_optimizer(config.optim, schedule, frozen)
+
+    def init_params(seed):
         key = jax.random.key(seed)
-        params = nn.unbox(task.init(jax.random.fold_in(key, 0), example))
+        return nn.unbox(task.init(jax.random.fold_in(key, 0), example))
+
+    def state_from_params(params, seed):
+        key = jax.random.key(seed)
         copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -145,43 +259,60 @@ def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Ru
             best_params=copy(params) if keep_best else None,
         )
 
-    boxed = jax.eval_shape(lambda: task.init(jax.random.key(0), example))
-    p_sh = mesh_lib.param_shardings(boxed, mesh, rules)
-    abstract = jax.eval_shape(init_fn, 0)
+    abstract_params = jax.eval_shape(init_params, np.uint32(0))
+    abstract = jax.eval_shape(state_from_params, abstract_params, np.uint32(0))
     rep = mesh_lib.replicated(mesh)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, p_sh,
-                                   transform_non_params=lambda _: rep)
+    opt_sh = mesh_lib.optimizer_state_shardings(abstract.opt_state, abstract_params, p_sh, mesh)
     state_sh = TrainState(step=rep, rng=rep, params=p_sh, opt_state=opt_sh,
                           ema_params=p_sh if ema_on else None,
                           best_params=p_sh if keep_best else None)
     b_sh = mesh_lib.batch_sharding(mesh)
-    init_jit = jax.jit(init_fn, static_argnums=0, out_shardings=state_sh)
-    train_step = jax.jit(
-        make_train_step(task, tx, schedule, grad_accum_steps=config.optim.grad_accum_steps,
-                        ema_decay=config.optim.ema_decay),
-        in_shardings=(state_sh, b_sh), out_shardings=(state_sh, rep), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(task), in_shardings=(p_sh, b_sh, rep),
-                        out_shardings=rep)
     stacked_sh = jax.NamedSharding(mesh, jax.P(None, mesh_lib.BATCH_AXES))
-    multi_step = jax.jit(
-        make_multi_step(make_train_step(task, tx, schedule,
-                                        grad_accum_steps=config.optim.grad_accum_steps,
-                                        ema_decay=config.optim.ema_decay)),
-        in_shardings=(state_sh, stacked_sh), out_shardings=(state_sh, rep), donate_argnums=0)
-    return Run(config, mesh, task, info, steps_per_epoch, total, eval_every, schedule, tx,
-               state_sh, b_sh, init_jit, train_step, eval_step, _data_dir(config), multi_step,
-               stacked_sh)
+    step_fn = make_train_step(task, tx, schedule, grad_accum_steps=config.optim.grad_accum_steps,
+                              ema_decay=config.optim.ema_decay, frozen=frozen)
+    return Run(
+        config=config, mesh=mesh, task=task, data_info=info, example_spec=spec,
+        steps_per_epoch=steps_per_epoch, total_steps=total, eval_every_steps=eval_every,
+        schedule=schedule, tx=tx, frozen=frozen, state_shardings=state_sh, batch_sharding=b_sh,
+        stacked_batch_sharding=stacked_sh,
+        init_params=jax.jit(init_params, out_shardings=p_sh),
+        state_from_params=jax.jit(state_from_params, in_shardings=(p_sh, rep),
+                                  out_shardings=state_sh),
+        train_step=jax.jit(step_fn, in_shardings=(state_sh, b_sh),
+                           out_shardings=(state_sh, rep), donate_argnums=0),
+        multi_step=jax.jit(make_multi_step(step_fn), in_shardings=(state_sh, stacked_sh),
+                           out_shardings=(state_sh, rep), donate_argnums=0),
+        eval_step=jax.jit(make_eval_step(task), in_shardings=(p_sh, b_sh, rep),
+                          out_shardings=rep),
+        data_dir=_data_dir(config))
 
 
 def open_split(run: Run, split: str):
-    """The run's dataset split as a random-access source (in memory when small); eval and test
-    splits are binarized once when ``data.eval_binarize_seed >= 0``."""
-    from jaxflows.data.registry import FixedBinarizedSource, load_source
+    """The run's dataset split after ``config.data.transforms``, as a random-access source (in
+    memory when small)."""
+    from jaxflows.data.registry import load_source
+    from jaxflows.data.source_transforms import apply_all
 
     source = load_source(run.config.data.name, split, run.data_dir)
-    if split != run.config.data.train_split and run.config.data.eval_binarize_seed >= 0:
-        source = FixedBinarizedSource(source, seed=run.config.data.eval_binarize_seed)
+    source = apply_all(_transforms(run.config), source,
+                       train=split == run.config.data.train_split,
+                       metadata=run.data_info.metadata)
     return engine_input.materialize(source)
+
+
+def fit(run: Run, state: TrainState, source, *, num_steps: int, seed: int = 0
+        ) -> tuple[TrainState, dict]:
+    """``num_steps`` steps of ``run.train_step`` over batches of ``source`` (reshuffled each
+    epoch from ``seed``); returns the new state and the last step's metrics. The compiled step
+    is reused: refitting on new data of the same batch shapes compiles nothing."""
+    iterator = pipeline.train_iterator(
+        source, global_batch_size=run.config.train.batch_size, seed=seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    metrics: dict = {}
+    with jax.set_mesh(run.mesh):
+        for _ in range(num_steps):
+            state, metrics = run.train_step(state, run.global_batch(next(iterator)))
+    return state, jax.device_get(metrics)
 
 
 def eval_batch_iter(run: Run, source):
@@ -189,7 +320,7 @@ def eval_batch_iter(run: Run, source):
     for local in pipeline.eval_batches(
             source, global_batch_size=run.config.train.eval_batch_size,
             process_index=jax.process_index(), process_count=jax.process_count()):
-        yield engine_input.to_global(local, run.batch_sharding)
+        yield run.global_batch(local)
 
 
 def evaluate_params(run: Run, params, source, seed: int) -> dict[str, float]:
@@ -247,11 +378,46 @@ def _agree(flag: bool) -> bool:
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
+def _lock_workdir(workdir: str):
+    """Process 0 takes the workdir lock; every process fails alike when it is held."""
+    from jaxflows.train.workdir import WorkdirLock
+
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir).acquire()
+        except UserError as e:
+            error = e
+    if _agree(error is not None):
+        raise error or UserError(f"workdir {workdir} is in use by another run")
+    return lock
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool = True) -> dict:
-    """Trains (resuming from ``workdir`` if possible); returns the final eval dict or {}."""
+    """Trains (resuming from ``workdir`` if possible); returns the final eval dict or {}.
+
+    Before anything in ``workdir`` is written: the config is validated, a resume is checked
+    against the saved ``config.json`` (:func:`jaxflows.train.workdir.check_resumable`) and the
+    workdir is locked against a second run.
+    """
+    from jaxflows.train.workdir import check_resumable, check_workdir_path
+
+    check_workdir_path(workdir)
     run = build(config)
+    check_resumable(workdir, config.to_dict())
+    lock = _lock_workdir(workdir)
+    try:
+        return _train_locked(run, config, workdir, final_eval=final_eval)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(run: Run, config, workdir: str, *, final_eval: bool) -> dict:
     t = config.train
-    os.makedirs(workdir, exist_ok=True)
+    train_src = open_split(run, config.data.train_split)  # a missing dataset fails here,
+    eval_src = (open_split(run, config.data.eval_split)   # before the workdir is written
+                if config.data.eval_split and run.eval_every_steps else None)
     if jax.process_index() == 0:
         write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict(), indent=2,
                           sort_keys=True)
@@ -259,20 +425,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
     ckpt = Checkpointer(workdir, keep=t.keep_checkpoints,
                         best_metric="val_" + best_metric if t.eval_every_epochs > 0 else None)
     with jax.set_mesh(run.mesh):
-        train_src = open_split(run, config.data.train_split)
-        eval_src = (open_split(run, config.data.eval_split)
-                    if config.data.eval_split and run.eval_every_steps else None)
         iterator = pipeline.train_iterator(
             train_src, global_batch_size=t.batch_size, seed=config.seed,
             process_index=jax.process_index(), process_count=jax.process_count())
-        state = run.init_fn(config.seed)
         loop = {"best_value": None, "best_step": -1, "evals_since_best": 0, "stopped_early":
                 False, "wall_time_s": 0.0, "evals": []}
-        restored = ckpt.restore(abstract_like(state))
+        restored = ckpt.restore(run.abstract_state()) if ckpt.latest_step() is not None else None
         if restored is not None:
             step0, state, data_state, loop = restored
             iterator.set_state(data_state)
             logging.info("resumed from step %d", step0)
+        else:
+            state = run.init_state()
         step = int(jax.device_get(state.step))
         writer = MetricsWriter(workdir, resume_step=step, total_steps=run.total_steps,
                                progress_bar=t.progress_bar)
@@ -297,12 +461,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
             while step < run.total_steps and not loop["stopped_early"]:
                 k = _dispatch_size(step, run, sync_every)
                 if k == 1:
-                    batch = engine_input.to_global(next(iterator), run.batch_sharding)
-                    state, metrics = run.train_step(state, batch)
+                    state, metrics = run.train_step(state, run.global_batch(next(iterator)))
                 else:  # k steps in one jitted scan: amortises per-step host work
-                    batch = engine_input.to_global_stacked(
-                        [next(iterator) for _ in range(k)], run.stacked_batch_sharding)
-                    state, metrics = run.multi_step(state, batch)
+                    local = [next(iterator) for _ in range(k)]
+                    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]
+                               if key in run.example_spec}
+                    state, metrics = run.multi_step(state, run.global_batch(stacked,
+                                                                            stacked=True))
                 # Stay at most one dispatch ahead of the device: enough to overlap input work,
                 # and it bounds programs in flight (fake CPU devices can starve a collective).
                 if in_flight is not None:
@@ -331,6 +496,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
                     val = evaluate_params(run, tracked, eval_src, seed=config.seed + 1)
                     val["epoch"] = step / run.steps_per_epoch
                     writer.write(step, val, prefix="val_")
+                    _plot_curves(workdir)
+                    if best_metric not in val:
+                        raise ConfigError(f"best metric {best_metric!r} is not among the "
+                                          f"validation metrics {sorted(val)}",
+                                          hint="set config.train.best_metric")
                     value = val[best_metric]
                     loop["evals"].append({"step": step, **val})
                     if loop["best_value"] is None or value < loop["best_value"]:
@@ -363,6 +533,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
             writer.close()
         if stop.requested:
             return {}
+    if eval_src is None:
+        _plot_curves(workdir)
     summary = {"train_wall_time_s": loop["wall_time_s"], "epochs": step / run.steps_per_epoch,
                "best_step": loop["best_step"], "stopped_early": loop["stopped_early"]}
     if jax.process_index() == 0:
@@ -373,17 +545,37 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
     return summary
 
 
+def _plot_curves(workdir: str) -> None:
+    """``WORKDIR/curves.png`` from metrics.jsonl (process 0; a failure only logs)."""
+    from jaxflows.train.curves import write_run_curves
+
+    write_run_curves(workdir)
+
+
+def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (``config.json``, upgraded to today's schema)."""
+    from jaxflows.train.config import upgrade_saved_config
+
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} is a file, not a training workdir")
+    if not os.path.exists(path):
+        raise UserError(f"{workdir} has no config.json", hint="train into it first")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(upgrade_saved_config(json.load(f)))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
 def restore_for_eval(run: Run, workdir: str) -> tuple[int, TrainState]:
     """Restores the latest good checkpoint of ``workdir`` for evaluation."""
     ckpt = Checkpointer(workdir, keep=run.config.train.keep_checkpoints)
     with jax.set_mesh(run.mesh):
-        abstract = jax.eval_shape(run.init_fn, run.config.seed)
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                abstract, run.state_shardings)
-        restored = ckpt.restore(abstract)
+        restored = ckpt.restore(run.abstract_state())
     ckpt.close()
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+        raise UserError(f"no checkpoint in {workdir}/checkpoints", hint="train first")
     return restored[0], restored[1]
 
 
@@ -397,8 +589,7 @@ def evaluate(workdir: str, *, config=None, run: Run | None = None,
     from jaxflows.train.config_loader import apply_overrides
 
     if config is None:
-        with open(os.path.join(workdir, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+        config = load_saved_config(workdir)
     if overrides:
         config = apply_overrides(config, overrides)
         run = None

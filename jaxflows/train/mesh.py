@@ -111,3 +111,30 @@ def param_shardings(abstract_params, mesh: Mesh, rules):
     boxed = jax.tree.map(one, abstract_params,
                          is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     return boxed
+
+
+def _dict_keys(path) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def optimizer_state_shardings(abstract_opt_state, abstract_params, param_shardings, mesh: Mesh):
+    """Shardings for an optimiser state: a leaf whose path ends with a parameter's path and has
+    its shape (Adam's moments, also inside ``optax.multi_transform`` or ``masked``) takes that
+    parameter's sharding; every other leaf (counts, scalars) is replicated."""
+    by_path = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params):
+        by_path[_dict_keys(path)] = (tuple(leaf.shape), path)
+    shard_of = {_dict_keys(p): s for p, s in
+                jax.tree_util.tree_leaves_with_path(param_shardings)}
+    rep = replicated(mesh)
+
+    def one(path, leaf):
+        keys = _dict_keys(path)
+        shape = tuple(getattr(leaf, "shape", ()))
+        for start in range(len(keys)):
+            hit = by_path.get(keys[start:])
+            if hit is not None and hit[0] == shape:
+                return shard_of[keys[start:]]
+        return rep
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)

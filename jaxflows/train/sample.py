@@ -1,40 +1,62 @@
-"""``jaxflows sample``: restore a workdir's params and write a PNG grid of samples."""
+"""``jaxflows sample``: restore a workdir's params, draw with the task's own sampler and options,
+and let the task write its artifact (image grid PNG, SMILES text file, 2-D scatter PNG).
+
+Options are the task's (``Task.sample_options``: name -> default), set on the command line as
+``--config.sample.KEY=VALUE``; an option the task does not have fails with one line naming it.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import jax
-import ml_collections
-import numpy as np
 
-from jaxflows.errors import UserError
+from jaxflows.errors import ConfigError, UserError
 
 
-def sample_images(workdir: str, *, num: int, seed: int = 0, **kwargs) -> np.ndarray:
-    """Returns ``[num, H, W, C]`` float32 samples in [0, 1] from the workdir's eval params."""
-    from jaxflows.train.loop import build, restore_for_eval
+def resolve_options(task, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against ``task.sample_options``; string values are parsed to the
+    type of the option's default. A ConfigError names an unknown option."""
+    from jaxflows.train.config_loader import parse_value
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise UserError(f"{workdir} has no config.json", hint="train into it first")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    run = build(config)
-    _, state = restore_for_eval(run, workdir)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None and v != 0.0}
-    with jax.set_mesh(run.mesh):
-        images = run.task.sample(state.eval_params(), jax.random.key(seed), num, **kwargs)
-    return np.asarray(jax.device_get(images))
-
-
-def sample_to_png(workdir: str, *, num: int, out: str, seed: int = 0, guidance: float = 0.0,
-                  class_label: int | None = None) -> str:
-    """Samples and writes a grid PNG to ``out``; returns the path."""
-    from jaxflows.eval.grid import save_grid
-
-    images = sample_images(workdir, num=num, seed=seed, guidance=guidance,
-                           class_label=class_label)
-    save_grid(images, out)
+    known = dict(task.sample_options)
+    name = task.config.model.name
+    out = {}
+    for key, value in options.items():
+        if key not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"task {name} has no sample option {key!r} (its options: {have})")
+        if isinstance(value, str):
+            value = parse_value(f"sample.{key}", value, known[key])
+        out[key] = value
     return out
+
+
+def sample_from_workdir(workdir: str, *, num: int, seed: int = 0,
+                        options: Mapping[str, Any] | None = None):
+    """``(task, samples)``: ``num`` samples of the workdir's eval params (best, else EMA, else
+    latest) with the task's ``options``."""
+    from jaxflows.train.loop import build, load_saved_config, restore_for_eval
+
+    if not isinstance(num, int) or num <= 0:
+        raise UserError(f"--num must be a positive number of samples, got {num}")
+    config = load_saved_config(workdir)
+    run = build(config)
+    opts = resolve_options(run.task, options or {})
+    _, state = restore_for_eval(run, workdir)
+    with jax.set_mesh(run.mesh):
+        samples = run.task.sample(state.eval_params(), jax.random.key(seed), num, **opts)
+    return run.task, samples
+
+
+def sample_to_file(workdir: str, *, num: int, out: str, seed: int = 0,
+                   options: Mapping[str, Any] | None = None) -> str:
+    """Samples and has the task write its artifact to ``out``; returns the path."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise UserError(f"--out {out} is a directory; name a file")
+    os.makedirs(folder, exist_ok=True)
+    task, samples = sample_from_workdir(workdir, num=num, seed=seed, options=options)
+    return task.write_samples(samples, out)

@@ -12,17 +12,36 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxflows.models.base import Task
 from jaxflows.train.state import TrainState
+from jaxflows.train.task import Task
+
+
+def keep_frozen(frozen, new, old):
+    """``new`` with the leaves flagged in ``frozen`` (a bool pytree, or None) taken from
+    ``old``: frozen parameters stay bitwise unchanged whatever the arithmetic did."""
+    if frozen is None:
+        return new
+    return jax.tree.map(lambda f, n, o: o if f else n, frozen, new, old)
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, schedule, *,
-                    grad_accum_steps: int = 1, ema_decay: float = 0.0):
-    """Returns ``train_step(state, batch) -> (state, metrics)`` (not yet jitted)."""
+                    grad_accum_steps: int = 1, ema_decay: float = 0.0, frozen=None):
+    """Returns ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
+
+    ``frozen``: a bool pytree like the params (see :func:`jaxflows.train.optim.frozen_mask`);
+    frozen leaves enter the loss through ``stop_gradient`` (XLA drops their weight gradients)
+    and keep their values in params and EMA.
+    """
+    if frozen is not None and not any(jax.tree.leaves(frozen)):
+        frozen = None
 
     def loss_and_grad(params, batch, rng, step):
-        (loss, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(
-            params, batch, rng, step)
+        def loss_fn(p):
+            if frozen is not None:
+                p = jax.tree.map(lambda f, x: jax.lax.stop_gradient(x) if f else x, frozen, p)
+            return task.loss(p, batch, rng, step)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, metrics, grads
 
     def train_step(state: TrainState, batch):
@@ -47,10 +66,11 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule, *,
             total, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
             loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = keep_frozen(frozen, optax.apply_updates(state.params, updates), state.params)
         ema = state.ema_params
         if ema is not None:
-            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+            ema = keep_frozen(frozen, jax.tree.map(
+                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params), ema)
         metrics = dict(metrics)
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.tree.norm(grads)

@@ -11,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxflows.bijectors import (
+    IAF,
+    MAF,
     ActNorm,
     CCLinearIAF,
     Householder,
     LinearIAF,
+    MADEConditioner,
     NLSq,
     Permutation,
     Planar,
@@ -210,3 +213,23 @@ def test_invalid_parameter_values():
         CCLinearIAF(jnp.zeros((2, 3, 3)))
     with pytest.raises(ValueError, match="slack"):
         NLSq(*([jnp.zeros(3)] * 5), slack=1.5)
+
+
+# --- autoregressive flows take any MADE-like conditioner -----------------------------------
+def test_autoregressive_conditioner_is_duck_typed():
+    made = MADEConditioner(features=D, hidden=(8,), order=(1, 0, 2, 4, 3))
+    params = made.init(jax.random.key(0), jnp.zeros(D))
+    params = jax.tree.map(lambda p: p + normal(1, p.shape, 0.3), params)
+    x = normal(2, (4, D))
+    for b in (IAF(made, params), MAF(made, params)):
+        y, ld = b.forward_and_log_det(x)
+        xr, ild = b.inverse_and_log_det(y)
+        np.testing.assert_allclose(xr, x, atol=1e-5)
+        np.testing.assert_allclose(ild, -ld, atol=1e-5)
+        np.testing.assert_array_equal(b.autoregressive_order, made.order)
+    with pytest.raises(ValueError, match="MADE-like conditioner.*missing"):
+        IAF(object(), params)
+    with pytest.raises(ValueError, match="num_params=2"):
+        MAF(MADEConditioner(features=D, hidden=(8,), num_params=3), params)
+    with pytest.raises(ValueError, match="permutation"):
+        MAF(MADEConditioner(features=D, hidden=(8,), order=(0, 0, 1, 2, 3)), params)

@@ -3,6 +3,7 @@ a NumPy re-implementation of the official forward as ground truth."""
 
 import io
 import pickle
+import re
 import zipfile
 
 import jax
@@ -13,6 +14,7 @@ import pytest
 from scipy.special import erf
 
 from jaxflows.convert import tarflow as conv
+from jaxflows.errors import UserError
 from jaxflows.models.tarflow import TarFlowModel
 
 IMG, P, C, T, K, HD, NCLS = (8, 8, 2), 2, 32, 2, 2, 16, 3
@@ -206,3 +208,70 @@ def test_cli_writes_npz(tmp_path):
     back = conv.unflatten_params(dict(np.load(out)))
     direct = conv.convert_state_dict(sd, _model())
     assert jax.tree.all(jax.tree.map(np.array_equal, back, direct))
+
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_cli_refuses_files_that_are_not_torch_checkpoints(tmp_path, capsys):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps({"a": 1}))
+    cases = {
+        garbage: "is not a zip-format torch checkpoint",
+        legacy: "is not a zip-format torch checkpoint",
+        _zip(tmp_path / "nopkl.pth", {"archive/data/0": b"\0" * 8}):
+            "is a zip but not a torch checkpoint: expected one data.pkl, found none",
+        _zip(tmp_path / "badpkl.pth", {"archive/data.pkl": b"\x80\x02garbage"}): "badpkl.pth: ",
+        tmp_path / "missing.pth": "does not exist",
+        tmp_path: "is a directory",
+    }
+    for path, what in cases.items():
+        with pytest.raises(UserError, match=re.escape(what)):
+            conv.load_torch_state_dict(path)
+        with pytest.raises(SystemExit) as exit_info:
+            conv.main([str(path), "--out", str(tmp_path / "never")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+        assert str(path) in err and what in err, err
+        assert not (tmp_path / "never").exists()
+    # still a ValueError (and the pickle problems an UnpicklingError), as before
+    with pytest.raises(ValueError):
+        conv.load_torch_state_dict(garbage)
+    with pytest.raises(pickle.UnpicklingError):
+        conv.load_torch_state_dict(tmp_path / "badpkl.pth")
+    # a torch file that is not an ml-tarflow state dict
+    other = tmp_path / "other.pth"
+    conv.save_torch_state_dict(other, {"fc.weight": np.zeros((2, 2), np.float32)})
+    with pytest.raises(SystemExit) as exit_info:
+        conv.main([str(other), "--out", str(tmp_path / "never")])
+    assert exit_info.value.code == 2
+    assert "not an ml-tarflow state dict" in capsys.readouterr().err
+
+
+def test_cli_writes_orbax_params_checkpoint(tmp_path, capsys):
+    from jaxflows.train.pretrained import read_tree
+
+    sd = official_state_dict(np.random.default_rng(3))
+    ckpt = tmp_path / "mnist_model_2_32_2_2_0.10.pth"
+    conv.save_torch_state_dict(ckpt, sd)
+    out = tmp_path / "params_ckpt"
+    args = [str(ckpt), "--image_channels", "2", "--head_dim", str(HD), "--out", str(out)]
+    assert conv.main(args) == 0
+    assert out.is_dir() and "Orbax checkpoint" in capsys.readouterr().out
+    back = read_tree(str(out))["params"]
+    direct = conv.convert_state_dict(sd, _model())
+    assert jax.tree.structure(back) == jax.tree.structure(direct)
+    assert jax.tree.all(jax.tree.map(
+        lambda a, b: a.dtype == b.dtype and np.array_equal(a, b), back, direct))
+    # an existing directory is never overwritten
+    with pytest.raises(SystemExit) as exit_info:
+        conv.main(args)
+    assert exit_info.value.code == 2
+    assert "already exists" in capsys.readouterr().err

@@ -134,3 +134,48 @@ class ArraySource:
 @pytest.fixture
 def array_source():
     return ArraySource
+
+
+# --- SELFIES fixtures (moses_selfies) --------------------------------------------------------
+
+#: valid drug-like SMILES without Se or I atoms
+SELFIES_GOOD = [
+    "CC(=O)Oc1ccccc1C(=O)O", "Cn1cnc2c1c(=O)n(C)c(=O)n2C", "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
+    "c1ccccc1", "CCO", "CCN(CC)CC", "O=C(O)c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C1CCCCC1",
+    "c1ccncc1", "CCCCCCCC", "ClCCl", "FC(F)(F)c1ccccc1", "CC(C)(C)OC(N)=O", "OC1CCCC1",
+    "N#CC", "C/C=C/C", "NC(=O)c1cccnc1", "Brc1ccccc1", "COc1ccccc1", "CS(C)(=O)=O",
+    "C[C@H](N)C(=O)O", "OCC(O)CO", "CC1=CC(=O)CCC1", "O=C1NC(=O)c2ccccc21", "c1ccc2ccccc2c1",
+]
+SELFIES_UNPARSEABLE = "C1CC"  # unclosed ring: RDKit cannot parse it
+SELFIES_UNENCODABLE = "FI(F)F"  # RDKit accepts hypervalent iodine, selfies' constraints do not
+SELFIES_NEW_TOKEN = "[Se]c1ccccc1"  # the only molecule with a [Se] token
+
+
+@pytest.fixture
+def selfies_smiles():
+    """Raw MOSES-format train / test SMILES lists for ``moses_selfies``: 30 train rows (15 of
+    them become ``validation``) with one unparseable and one unencodable molecule in the
+    training rows and the only ``[Se]`` molecule in a validation row; 6 test rows with one
+    unparseable and one ``[Se]`` molecule."""
+    from jaxflows.data.builders.moses import validation_indices
+
+    n = 30
+    val = set(validation_indices(n).tolist())
+    train_rows = [i for i in range(n) if i not in val]
+    train = [SELFIES_GOOD[i % len(SELFIES_GOOD)] for i in range(n)]
+    train[train_rows[0]] = SELFIES_UNPARSEABLE
+    train[train_rows[1]] = SELFIES_UNENCODABLE
+    train[min(val)] = SELFIES_NEW_TOKEN
+    test = ["CCO", SELFIES_UNPARSEABLE, SELFIES_NEW_TOKEN, "c1ccccc1", "CC(=O)Nc1ccc(O)cc1",
+            "CCCCCCCCCCCC"]
+    return {"train": train, "test": test}
+
+
+@pytest.fixture
+def selfies_moses_dir(tmp_path, selfies_smiles):
+    """A folder with train.csv.gz / test.csv.gz holding :func:`selfies_smiles`."""
+    folder = tmp_path / "raw_moses_selfies"
+    folder.mkdir()
+    for split, smiles in selfies_smiles.items():
+        (folder / f"{split}.csv.gz").write_bytes(smiles_csv_gz_bytes(smiles))
+    return str(folder)

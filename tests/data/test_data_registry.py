@@ -55,12 +55,16 @@ def test_unknown_name_and_split(tmp_path, digits_dir):
 
 def test_dataset_info(tmp_path, digits_dir):
     info = dataset_info("mnist", str(tmp_path))
+    spec = info.pop("element_spec")
     assert info == {
-        "image_shape": (28, 28, 1), "num_classes": 10, "prepared": False,
+        "image_shape": (28, 28, 1), "num_classes": 10, "prepared": False, "metadata": {},
         "splits": {"train": 50000, "validation": 10000, "test": 10000},
     }
+    assert {k: (v.shape, str(v.dtype)) for k, v in spec.items()} == {
+        "image": ((28, 28, 1), "uint8"), "label": ((), "int32")}
     moses = dataset_info("moses", str(tmp_path))
     assert moses["image_shape"] is None and moses["splits"]["test"] == 176074
+    assert moses["element_spec"] == {}  # SMILES text never enters a jitted step
     digits = dataset_info("digits", digits_dir)
     assert digits["prepared"] and digits["image_shape"] == (8, 8, 1)
     assert digits["splits"] == {"train": 1397, "validation": 200, "test": 200}

@@ -5,6 +5,7 @@ import functools
 import importlib.util
 import math
 import pathlib
+import sys
 
 import flax.linen as nn
 import jax
@@ -12,17 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxflows.errors import ConfigError
 from jaxflows.models import tarflow_sampling as ts
-from jaxflows.models.base import DataInfo
-from jaxflows.models.tarflow import (
-    TarFlowModel,
-    TarFlowTask,
-    count_params,
-    default_model_config,
-    model_from_config,
-)
+from jaxflows.models.tarflow import TarFlowModel, count_params
+from jaxflows.models.tarflow_config import default_model_config, model_from_config
+from jaxflows.models.tarflow_task import TASK, TarFlowTask
 from jaxflows.nn.patches import patchify
 from jaxflows.train.config import base_config
+from jaxflows.train.task import DataInfo, load_task_class
 
 SHAPE = (8, 8, 1)
 N, D = 16, 4
@@ -195,7 +193,7 @@ def _task(noise_type="gaussian", num_classes=10, nvp=True, **over):
     c.model = default_model_config(patch_size=2, channels=32, head_dim=16, num_blocks=2,
                                    layers_per_block=1, num_classes=num_classes, nvp=nvp,
                                    noise_type=noise_type, noise_std=0.1, drop_label=0.1, **over)
-    return TarFlowTask(c, DataInfo(SHAPE, 10, 100))
+    return TarFlowTask(c, DataInfo.for_images(SHAPE, 10, 100))
 
 
 @functools.cache
@@ -330,10 +328,10 @@ def test_bad_inputs():
     c = base_config()
     c.model = default_model_config(patch_size=3)
     with pytest.raises(ValueError, match="8x8.*patch size 3"):
-        TarFlowTask(c, DataInfo(SHAPE, 10, 100))
+        TarFlowTask(c, DataInfo.for_images(SHAPE, 10, 100))
     c.model = default_model_config(patch_size=2, num_classes=5)
     with pytest.raises(ValueError, match="num_classes=5"):
-        TarFlowTask(c, DataInfo(SHAPE, 10, 100))
+        TarFlowTask(c, DataInfo.for_images(SHAPE, 10, 100))
 
 
 def test_logit_preprocessing_logdet_inverse_and_bpd():
@@ -349,7 +347,7 @@ def test_logit_preprocessing_logdet_inverse_and_bpd():
     np.testing.assert_allclose(logdet[0] * 64, slogdet, rtol=1e-4)
     # the sampler maps flow space back through the sigmoid: forward(sample) returns the noise
     z = jax.random.normal(jax.random.key(4), (2, N, D))
-    fn = task._sample_fn(task.sample_options())
+    fn = task._sample_fn(task.resolve_sample_options())
     xs = fn(params, z, None)
     assert float(xs.min()) >= -1.0 and float(xs.max()) <= 1.0
     np.testing.assert_allclose(task._apply(params, xs, None)[0], z, atol=2e-3)
@@ -370,9 +368,14 @@ def test_logit_preprocessing_bad_config():
 
 
 def _load_config(name, row):
+    # as the config loader does: the config file's directory is on sys.path while it loads
     spec = importlib.util.spec_from_file_location(f"cfg_{name}", CONFIGS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(CONFIGS))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(CONFIGS))
     return mod.get_config(row)
 
 
@@ -396,7 +399,7 @@ _MNIST_ROWS = ["likelihood", "conditional", "likelihood_notebook", "conditional_
 def test_configs_build(name, rows):
     for row in rows:
         c = _load_config(name, row)
-        assert c.model.name == "tarflow"
+        assert c.model.name == "jaxflows.models.tarflow_task"
         assert c.optim.name == "adamw" and c.optim.b2 == 0.95
         assert ("layers", None) in tuple(c.sharding_rules)
     with pytest.raises(ValueError, match="unknown row"):
@@ -453,3 +456,79 @@ def test_max_log_scale_bounds_expansion_and_stays_exact():
     z, _ = m.apply({"params": params}, x)
     x_back = ts.sample_tokens(m, params, z, None, ts.SampleOptions())
     np.testing.assert_allclose(x_back, patchify(x, 2), atol=1e-3)  # saturated, sharper maps
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine v2: task module, example spec, sample options, sample writer
+
+
+def test_task_module_and_example_spec():
+    assert TASK is TarFlowTask
+    assert load_task_class("tarflow") is TarFlowTask
+    assert load_task_class(default_model_config().name) is TarFlowTask
+    cond, _ = _task_and_params("gaussian", 10, True)
+    assert cond.example_spec() == {"image": jax.ShapeDtypeStruct(SHAPE, jnp.uint8),
+                                   "label": jax.ShapeDtypeStruct((), jnp.int32)}
+    uncond = _task("gaussian", 0)  # labelled data, unconditional model: no label needed
+    assert uncond.example_spec() == {"image": jax.ShapeDtypeStruct(SHAPE, jnp.uint8)}
+
+
+def test_sample_options_are_sample_keywords():
+    import inspect
+
+    params = inspect.signature(TarFlowTask.sample).parameters
+    assert set(TarFlowTask.sample_options) <= set(params)
+    assert "return_both" not in TarFlowTask.sample_options
+    assert TarFlowTask.sample_options["class_label"] == -2
+
+
+def test_sample_option_errors_name_the_option():
+    task, params = _task_and_params("gaussian", 10, True)
+    uncond = _task("gaussian", 0)
+    key = jax.random.key(0)
+    cases = [
+        (task, dict(class_label=12), r"config\.sample\.class_label.*class id 12 out of range"),
+        (task, dict(class_label=[0, 1, 2]), r"config\.sample\.class_label must be an int"),
+        (uncond, dict(class_label=3), r"config\.sample\.class_label=3 .*unconditional"),
+        (uncond, dict(guidance=1.0), r"config\.sample\.guidance=1.0 .*unconditional"),
+        (task, dict(temperature=-1.0), r"config\.sample\.temperature must be > 0"),
+        (task, dict(temperature=float("nan")), r"config\.sample\.temperature must be > 0"),
+        (task, dict(jacobi_chunk=5), r"config\.sample\.jacobi_chunk: jacobi_chunk 5 does not"),
+        (task, dict(jacobi_chunk=-3), r"config\.sample\.jacobi_chunk=-3 must be"),
+        (task, dict(attn_temp=0.0), r"config\.sample\.attn_temp=0.0 must be > 0"),
+        (task, dict(batch_size=-1), r"config\.sample\.batch_size=-1 must be >= 0"),
+    ]
+    for t, kw, match in cases:
+        with pytest.raises(ConfigError, match=match) as err:
+            t.sample(params, key, 2, **kw)
+        assert "\n" not in str(err.value), kw
+    c = base_config()
+    c.model = default_model_config(patch_size=2, jacobi_chunk=5)
+    with pytest.raises(ConfigError, match=r"config\.model\.jacobi_chunk=5"):
+        TarFlowTask(c, DataInfo.for_images(SHAPE, 10, 100))
+    c.model = default_model_config(patch_size=2)
+    c.model.chanels = 64
+    with pytest.raises(ConfigError, match=r"config\.model\.chanels .*config\.model\.channels"):
+        TarFlowTask(c, DataInfo.for_images(SHAPE, 10, 100))
+
+
+def test_sample_cli_defaults_mean_config_defaults():
+    """Every ``sample_options`` default passed explicitly (as ``jaxflows sample`` does) gives
+    the same draw as a call without options: NaN / -1 / 0 fall back on config.model, class -2
+    draws random classes like ``class_label=None``."""
+    task, params = _task_and_params("gaussian", 10, True)
+    plain = task.sample(params, jax.random.key(5), 3)
+    defaults = task.sample(params, jax.random.key(5), 3, **TarFlowTask.sample_options)
+    np.testing.assert_array_equal(defaults, plain)
+
+
+def test_write_samples_png(tmp_path):
+    from PIL import Image
+
+    task, _ = _task_and_params("gaussian", 10, True)
+    images = jax.random.uniform(jax.random.key(0), (4, *SHAPE))
+    path = task.write_samples(images, str(tmp_path / "grid" / "samples.png"))
+    assert path == str(tmp_path / "grid" / "samples.png")
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.size == (2 * (8 + 2) + 2, 2 * (8 + 2) + 2)  # 2x2 grid, 2-pixel padding

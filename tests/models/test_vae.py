@@ -13,8 +13,8 @@ import optax
 import pytest
 from jax.scipy.stats import norm
 
-from jaxflows.models.base import DataInfo, build_task
 from jaxflows.models.vae import FlowVAE, bernoulli_log_prob, gaussian_log_prob
+from jaxflows.train.task import DataInfo, build_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def _load_config_module():
 
 
 CONFIGS = _load_config_module()
-DIGITS = DataInfo(image_shape=(8, 8, 1), num_classes=10, num_train=1400)
+DIGITS = DataInfo.for_images((8, 8, 1), num_classes=10, num_train=1400)
 
 
 def make_task(flow="none", likelihood="bernoulli", **model):
@@ -262,11 +262,12 @@ def test_sample_and_reconstruct_shapes(plain):
 def test_config_rows():
     for row in CONFIGS.ROWS:
         c = CONFIGS.get_config(row)
-        assert c.model.name == "vae"
+        assert c.model.name == "jaxflows.models.vae"
     c = CONFIGS.get_config("ccliniaf_k5")
     assert (c.model.flow, c.model.num_components, c.model.latent_dim) == ("cc_linear_iaf", 5, 40)
     assert c.train.batch_size == 100 and c.optim.learning_rate == 5e-4
-    assert c.train.early_stopping_patience == 50 and c.data.eval_binarize_seed == 777
+    assert c.train.early_stopping_patience == 50
+    assert c.data.transforms == ("binarize_eval(seed=777)",)
     assert CONFIGS.get_config("smoke").data.name == "digits"
     with pytest.raises(ValueError, match="valid rows"):
         CONFIGS.get_config("nope")

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxflows.bijectors import MADEConditioner
 from jaxflows.nn.made import MADE, made_masks
 
 D = 6
@@ -58,3 +59,29 @@ def test_masks_and_validation():
         MADE(features=3, order=(0, 0, 1)).init(jax.random.key(0), jnp.ones(3))
     with pytest.raises(ValueError, match=r"shape \(4,\).*\[\.\.\., 3\]"):
         MADE(features=3).init(jax.random.key(0), jnp.ones(4))
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+def test_plain_conditioner_is_the_same_function_as_the_flax_made(with_context):
+    """bijectors.MADEConditioner (no Flax) and nn.MADE: same layout, bitwise same outputs."""
+    order = (4, 2, 0, 5, 1, 3)
+    made = MADE(features=D, hidden=(12, 7), order=order)
+    plain = MADEConditioner(features=D, hidden=(12, 7), order=order)
+    x = jax.random.normal(jax.random.key(1), (3, D))
+    h = jax.random.normal(jax.random.key(2), (3, 4)) if with_context else None
+    params = _random_params(made, x, h)
+    mine = plain.init(jax.random.key(0), x, h)
+    assert jax.tree.structure(mine) == jax.tree.structure(params)
+    assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_array_equal(made.apply(mine, x, h), 0.0)    # zero-initialised output too
+    np.testing.assert_array_equal(plain.apply(params, x, h), made.apply(params, x, h))
+    for a, b in zip(plain.masks(), made.masks()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mask_math_is_shared_with_bijectors():
+    from jaxflows.bijectors import made_masks as mm
+    from jaxflows.nn import made as nn_made
+
+    assert nn_made.made_masks is mm.made_masks and nn_made.check_order is mm.check_order
+    assert nn_made.made_degrees is mm.made_degrees

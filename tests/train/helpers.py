@@ -34,7 +34,7 @@ def cli_env(data_dir: str, devices: int = 1) -> dict:
     env["JAXFLOWS_DATA_DIR"] = data_dir
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([REPO, HERE, env.get("PYTHONPATH", "")])
     return env
 
 

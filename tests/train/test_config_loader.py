@@ -73,3 +73,37 @@ def test_grad_accum_must_divide_batch():
     c = load_config(f"{TOY}:default", ["--config.optim.grad_accum_steps=3"])
     with pytest.raises(ConfigError, match="not divisible by config.optim.grad_accum_steps=3"):
         validate(c, num_devices=1, num_processes=1)
+
+
+def test_schedule_that_trains_nothing_is_refused():
+    for bad in ("--config.train.num_epochs=-1", "--config.train.num_epochs=0"):
+        c = load_config(f"{TOY}:default", [bad])
+        with pytest.raises(ConfigError, match="trains nothing"):
+            validate(c, 8, 1)
+    # num_steps > 0 takes over from num_epochs
+    validate(load_config(f"{TOY}:default", ["--config.train.num_epochs=0",
+                                            "--config.train.num_steps=5"]), 8, 1)
+
+
+@pytest.mark.parametrize("body, where, what", [
+    ("def get_config(arg=''):\n    return base_config(\n", ":3:", "never closed"),
+    ("x = 1\nimport no_such_module_xyz\n", ":3:", "ModuleNotFoundError"),
+    ("def get_config(arg=''):\n    c = base_config()\n    return c.nope\n", ":4:",
+     "AttributeError"),
+])
+def test_broken_config_file_is_one_line_with_file_and_line(tmp_path, body, where, what):
+    path = tmp_path / "broken.py"
+    path.write_text("from jaxflows.train.config import base_config\n" + body)
+    with pytest.raises(ConfigError) as e:
+        load_config(f"{path}:row")
+    msg = str(e.value)
+    assert f"{path}{where}" in msg and what in msg and "\n" not in msg
+
+
+def test_config_may_import_a_sibling_module(tmp_path):
+    (tmp_path / "recipe_xyz.py").write_text("LR = 0.123\n")
+    (tmp_path / "cfg.py").write_text(
+        "from recipe_xyz import LR\nfrom jaxflows.train.config import base_config\n"
+        "def get_config(arg=''):\n    c = base_config()\n    c.optim.learning_rate = LR\n"
+        "    return c\n")
+    assert load_config(f"{tmp_path / 'cfg.py'}").optim.learning_rate == 0.123

@@ -34,7 +34,7 @@ def test_same_loss_on_every_mesh_and_repeatable(tmp_path, data_dir):
 def test_fsdp_shards_parameters(data_dir):
     run = build(_config(data_dir, "--config.mesh.data=2", "--config.mesh.fsdp=4"))
     with jax.set_mesh(run.mesh):
-        state = run.init_fn(0)
+        state = run.init_state(0)
     kernel = state.params["Dense_0"]["kernel"]  # logical ('embed', 'hidden') = (64, 32)
     assert kernel.sharding.spec[0] == "fsdp"
     assert kernel.addressable_shards[0].data.shape == (16, 32)

@@ -1,18 +1,11 @@
-"""Engine-test config: the toy classifier on digits. Importing registers the toy task."""
+"""Engine-test config: the toy classifier on digits, a task named by module path (toy_task)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import toy_task  # noqa: E402,F401
-
-from jaxflows.train.config import base_config  # noqa: E402
+from jaxflows.train.config import base_config
 
 
 def get_config(arg: str = "default"):
     c = base_config()
-    c.model.name = "toy_classifier"
+    c.model.name = "toy_task"  # tests/train/toy_task.py (on sys.path: the config dir)
     c.model.hidden = 32
     c.model.noise = 0.05  # input noise drawn from the step rng
     c.model.nan_at_step = -1  # >= 0: the loss is NaN at that step (non-finite update tests)

@@ -1,11 +1,12 @@
-"""A tiny registered Task for engine tests: an MLP classifier with logically named weights."""
+"""A tiny task for engine tests, defined outside jaxflows: an MLP classifier with logically
+named weights. Configs name it by module path (``config.model.name = "toy_task"``)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxflows.models.base import Task, register
+from jaxflows.train.task import Task
 
 
 class _MLP(nn.Module):
@@ -24,7 +25,6 @@ class _MLP(nn.Module):
         return nn.Dense(self.classes)(x)
 
 
-@register("toy_classifier")
 class ToyClassifier(Task):
     """Cross-entropy of labels from flattened, randomly perturbed pixels (uses the step rng)."""
 
@@ -56,3 +56,20 @@ class ToyClassifier(Task):
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         return {"loss": ce, "accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(
             jnp.float32)}
+
+    sample_options = {"temperature": 1.0}
+
+    def sample(self, params, rng, num, temperature=1.0):
+        """Class labels drawn from the model's logits at random inputs (an int array)."""
+        d = self.data_info.element_spec["image"].shape
+        x = jax.random.uniform(rng, (num, *d)) * 255.0
+        logits = self._model().apply({"params": params}, self._inputs(x)) / temperature
+        return jax.random.categorical(jax.random.fold_in(rng, 1), logits)
+
+    def write_samples(self, samples, path):
+        with open(path, "w") as f:
+            f.write("\n".join(str(int(s)) for s in samples) + "\n")
+        return path
+
+
+TASK = ToyClassifier

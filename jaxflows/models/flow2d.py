@@ -42,7 +42,7 @@ import numpy as np
 from jaxflows.bijectors import ActNorm, Permutation, ReversePermutation
 from jaxflows.errors import ConfigError, UserError
 from jaxflows.nn.gated import logical_dense
-from jaxflows.train.task import DataInfo, ElementSpec, Metrics, PyTree, Task
+from jaxflows.train.task import DataInfo, ElementSpec, Metrics, PyTree, Task, masked_mean
 
 PERMUTATIONS = ("reverse", "random")
 
@@ -183,13 +183,6 @@ class Flow2D(nn.Module):
         return self.log_prob(x)
 
 
-def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-    if mask is None:
-        return jnp.mean(values)
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 class Flow2DTask(Task):
     """Maximum-likelihood RealNVP on ``x: float32 [D]`` (``best_metric = 'nll'``, in nats)."""
 
@@ -254,7 +247,7 @@ class Flow2DTask(Task):
              step: jax.Array) -> tuple[jax.Array, Metrics]:
         """Mean NLL of ``batch['x']`` (nats per example); metric ``nll`` (the same value)."""
         del rng, step
-        nll = _masked_mean(-self.log_prob(params, batch["x"]), batch.get("mask"))
+        nll = masked_mean(-self.log_prob(params, batch["x"]), batch.get("mask"))
         return nll, {"nll": nll}
 
     def eval_batch(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array

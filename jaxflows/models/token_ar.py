@@ -30,7 +30,7 @@ from jax import lax
 
 from jaxflows.errors import ConfigError
 from jaxflows.nn.transformer import Transformer, init_cache, layer_norm, torch_uniform_init
-from jaxflows.train.task import DataInfo, ElementSpec, Metrics, PyTree, Task
+from jaxflows.train.task import DataInfo, ElementSpec, Metrics, PyTree, Task, masked_mean, to_host
 
 START_ID = 0
 STOP_ID = 1
@@ -133,19 +133,6 @@ def token_nll(logits: jax.Array, tokens: jax.Array, length: jax.Array) -> tuple[
     return -jnp.sum(tok * keep, axis=-1), jnp.sum(keep, axis=-1)
 
 
-def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-    if mask is None:
-        return jnp.mean(values)
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def _to_host(a: Any) -> np.ndarray:
-    if isinstance(a, jax.Array) and not a.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-    return np.asarray(a)
 
 
 class TokenARTask(Task):
@@ -225,8 +212,8 @@ class TokenARTask(Task):
         del rng, step
         nll, count = self.nll(params, batch)
         mask = batch.get("mask")
-        loss = _masked_mean(nll, mask)
-        per_token = _masked_mean(nll, mask) / jnp.maximum(_masked_mean(count, mask), 1.0)
+        loss = masked_mean(nll, mask)
+        per_token = masked_mean(nll, mask) / jnp.maximum(masked_mean(count, mask), 1.0)
         return loss, {"nll_per_token": per_token}
 
     def eval_batch(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> Metrics:
@@ -271,7 +258,7 @@ class TokenARTask(Task):
             n = min(chunk, num - start)
             ids = self._sample_jit(params, jax.random.fold_in(rng, i), n,
                                    jnp.float32(temperature))
-            out.append(_to_host(ids))
+            out.append(to_host(ids))
         return np.concatenate(out) if out else np.zeros((0, self.max_len), np.int32)
 
     def sample(self, params: PyTree, rng: jax.Array, num: int, **options) -> list[str]:

@@ -41,7 +41,15 @@ from jaxflows.data.transforms import dynamic_binarize
 from jaxflows.errors import ConfigError
 from jaxflows.eval.likelihood import importance_sampled_nll
 from jaxflows.nn.gated import GatedMLP, logical_dense
-from jaxflows.train.task import DataInfo, Metrics, PyTree, Task, image_element_spec
+from jaxflows.train.task import (
+    DataInfo,
+    Metrics,
+    PyTree,
+    Task,
+    image_element_spec,
+    masked_mean,
+    to_host,
+)
 
 FLOWS = ("none", "householder", "linear_iaf", "cc_linear_iaf", "planar", "iaf", "sylvester")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -199,21 +207,6 @@ def _flatten(images: jax.Array) -> jax.Array:
     return images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
 
 
-def _to_host(a: Any) -> np.ndarray:
-    """A (possibly multi-process, sharded) array as a full numpy array on every process."""
-    if isinstance(a, jax.Array) and not a.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-    return np.asarray(a)
-
-
-def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-    if mask is None:
-        return jnp.mean(values)
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
 
 class VAETask(Task):
     """The VP-flow VAE task (``config.model.name = 'jaxflows.models.vae'``).
@@ -324,11 +317,11 @@ class VAETask(Task):
         t = self.terms(params, x, eps_rng)
         beta = self.beta(step)
         mask = batch.get("mask")
-        loss = _masked_mean(t["recon"] + beta * t["kl"], mask)
+        loss = masked_mean(t["recon"] + beta * t["kl"], mask)
         metrics = {
-            "neg_elbo": _masked_mean(t["neg_elbo"], mask),
-            "recon": _masked_mean(t["recon"], mask),
-            "kl": _masked_mean(t["kl"], mask),
+            "neg_elbo": masked_mean(t["neg_elbo"], mask),
+            "recon": masked_mean(t["recon"], mask),
+            "kl": masked_mean(t["kl"], mask),
             "beta": beta,
         }
         return loss, metrics
@@ -381,15 +374,15 @@ class VAETask(Task):
             r_elbo, r_is = jax.random.split(jax.random.fold_in(rng, i))
             t = self._terms_jit(params, x, r_elbo)
             mask = batch.get("mask")
-            keep = np.ones(x.shape[0], bool) if mask is None else _to_host(mask).astype(bool)
+            keep = np.ones(x.shape[0], bool) if mask is None else to_host(mask).astype(bool)
             for k in ("neg_elbo", "recon", "kl"):
-                cols[k].append(_to_host(t[k])[keep])
+                cols[k].append(to_host(t[k])[keep])
             done = sum(len(v) for v in cols["nll_is"])
             if limit < 0 or done < limit:  # IS on the first `limit` test images only
                 nll = importance_sampled_nll(
                     self.log_weights, params, x, r_is, self.num_is_samples, self.is_chunk
                 )
-                kept = _to_host(nll)[keep]
+                kept = to_host(nll)[keep]
                 cols["nll_is"].append(kept if limit < 0 else kept[: limit - done])
         vals = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in cols.items()}
         n, n_is = int(vals["neg_elbo"].shape[0]), int(vals["nll_is"].shape[0])

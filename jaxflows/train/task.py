@@ -91,6 +91,23 @@ def batch_of(spec: PyTree, batch_size: int, *, sharding=None) -> PyTree:
         lambda s: jax.ShapeDtypeStruct((batch_size, *s.shape), s.dtype, sharding=sharding), spec)
 
 
+def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Mean of ``values [B]`` over the rows where ``mask [B]`` is nonzero (all rows if None)."""
+    if mask is None:
+        return jnp.mean(values)
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def to_host(a: Any) -> np.ndarray:
+    """A (possibly multi-process, sharded) array as a full numpy array on every process."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+
+
 def zeros_batch(spec: PyTree, batch_size: int) -> PyTree:
     """A batch of zeros shaped like ``spec`` with a leading axis of ``batch_size``."""
     return jax.tree.map(lambda s: jnp.zeros((batch_size, *s.shape), s.dtype), spec)

@@ -8,6 +8,8 @@ import sys
 import pytest
 from helpers import cli_env, run_cli, train_cmd
 
+from jaxflows.cli import main
+
 SHORT = ("--config.train.num_steps=12", "--config.train.eval_every_epochs=0.25",
          "--config.train.log_every_steps=4")
 
@@ -39,23 +41,27 @@ def _cli(*args, data_dir):
     return run_cli([sys.executable, "-m", "jaxflows.cli", *args], cli_env(data_dir))
 
 
-def test_sample_with_task_options_and_misuse(trained, data_dir, tmp_path):
+def test_sample_with_task_options_and_misuse(trained, data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAXFLOWS_DATA_DIR", data_dir)  # the in-process calls read this data dir
     out_file = tmp_path / "labels.txt"
     out = _cli("sample", "--workdir", trained, "--num", "16", "--out", str(out_file),
                "--config.sample.temperature=0.5", data_dir=data_dir)
     assert out.returncode == 0, out.stderr
     labels = out_file.read_text().split()
     assert len(labels) == 16 and all(0 <= int(x) < 10 for x in labels)
-    line = _error_line(_cli("sample", "--workdir", trained, "--num", "4", "--out",
-                            str(out_file), "--class", "3", data_dir=data_dir))
+
+    def error_line(*args):  # in-process: the same main() the console script runs
+        assert main(["sample", "--workdir", trained, "--out", str(out_file), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+        return err[0]
+
+    line = error_line("--num", "4", "--class", "3")
     assert "task toy_task has no sample option 'class_label'" in line and "temperature" in line
-    line = _error_line(_cli("sample", "--workdir", trained, "--num", "4", "--out",
-                            str(out_file), "--config.sample.temperature=hot", data_dir=data_dir))
+    line = error_line("--num", "4", "--config.sample.temperature=hot")
     assert "sample.temperature expects a float" in line
     for num in ("0", "-3"):
-        line = _error_line(_cli("sample", "--workdir", trained, "--num", num, "--out",
-                                str(out_file), data_dir=data_dir))
-        assert "--num must be a positive number" in line
+        assert "--num must be a positive number" in error_line("--num", num)
 
 
 def test_plot_overlays_runs(trained, data_dir, tmp_path):

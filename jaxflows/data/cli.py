@@ -40,7 +40,7 @@ def metadata_lines(metadata: Mapping[str, Any]) -> list[str]:
 def prepare_command(name: str, data_dir: str | os.PathLike | None = None) -> list[str]:
     """Build dataset ``name`` (idempotent) and return the lines to print, e.g.
 
-    ``['mnist: train 50000, validation 10000, test 10000', 'in /root/.cache/... (12.3 s)']``,
+    ``['mnist: train 50000, validation 10000, test 10000', 'in DATA_DIR (12.3 s)']``,
     plus the lines of :func:`metadata_lines` for datasets that save metadata (e.g. the
     ``moses_selfies`` vocabulary and dropped molecules). Raises ``UserError`` for an unknown
     name or a failed download.

@@ -7,6 +7,8 @@ import tempfile
 
 import numpy as np
 
+from jaxflows.errors import UserError
+
 
 def save_scatter(points, path: str | os.PathLike, title: str | None = None,
                  *, lim: float | None = None, dpi: int = 100) -> str:
@@ -22,7 +24,8 @@ def save_scatter(points, path: str | os.PathLike, title: str | None = None,
 
     pts = np.asarray(points, np.float64)
     if pts.ndim != 2 or pts.shape[-1] != 2:
-        raise ValueError(f"save_scatter: points must be [N, 2], got shape {pts.shape}")
+        raise UserError(f"a scatter plot needs 2-D points [N, 2], got shape {pts.shape}",
+                        hint="scatter samples are written for D = 2 data only")
     finite = np.all(np.isfinite(pts), axis=-1)
     dropped = int(np.sum(~finite))
     pts = pts[finite]

@@ -279,9 +279,6 @@ class Flow2DTask(Task):
         from jaxflows.eval.scatter import save_scatter
 
         pts = np.asarray(samples, np.float32)
-        if pts.ndim != 2 or pts.shape[-1] != 2:
-            raise UserError(f"a scatter plot needs 2-D points, got samples of shape {pts.shape}",
-                            hint="write_samples of flow2d only plots D = 2 data")
         return save_scatter(pts, path, title=f"{len(pts)} samples")
 
 

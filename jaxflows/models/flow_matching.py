@@ -539,9 +539,6 @@ class FlowMatchingTask(Task):
         from jaxflows.eval.scatter import save_scatter
 
         pts = np.asarray(samples, np.float32)
-        if pts.ndim != 2 or pts.shape[-1] != 2:
-            raise UserError(f"a scatter plot needs 2-D points, got samples of shape {pts.shape}",
-                            hint="write_samples of flow_matching only plots D = 2 data")
         return save_scatter(pts, path, title=f"{len(pts)} flow-matching samples")
 
 

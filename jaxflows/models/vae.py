@@ -1,7 +1,7 @@
 """VAE with flow posteriors: Householder flow (Tomczak & Welling 2016), (cc)linear IAF (Tomczak &
 Welling 2017), and the planar / IAF / Sylvester baselines.
 
-Model (reference ``/work/shared/reference/vae_flows.md`` §1-3):
+Model (as in the papers and the official code, ``jmtomczak/vae_vpflows``):
 
 * encoder: gated ``D -> 300 -> 300`` MLP (``D = prod(image_shape)``, so 8x8 digits work too),
   last hidden layer ``h``; heads ``mu(h)``, ``logvar(h)`` (latent ``M = 40``);

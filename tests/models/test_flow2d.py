@@ -205,7 +205,7 @@ def test_save_scatter_handles_nonfinite_and_bad_shapes(tmp_path):
     pts[3] = np.nan
     out = save_scatter(pts, tmp_path / "s.png", title="t", lim=4.0)
     assert os.path.getsize(out) > 0
-    with pytest.raises(ValueError, match=r"\[N, 2\]"):
+    with pytest.raises(UserError, match=r"\[N, 2\]"):
         save_scatter(np.zeros((4, 3)), tmp_path / "bad.png")
 
 

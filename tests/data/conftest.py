@@ -58,6 +58,14 @@ def smiles_csv_gz():
     return smiles_csv_gz_bytes
 
 
+def write_moses_folder(folder, smiles_by_split) -> str:
+    """Writes ``{split}.csv.gz`` files in the MOSES format into a new ``folder``; its path."""
+    folder.mkdir()
+    for split, smiles in smiles_by_split.items():
+        (folder / f"{split}.csv.gz").write_bytes(smiles_csv_gz_bytes(smiles))
+    return str(folder)
+
+
 @pytest.fixture
 def moses_smiles():
     """Small train / test SMILES lists (30 / 7 molecules, all distinct)."""
@@ -69,11 +77,7 @@ def moses_smiles():
 @pytest.fixture
 def moses_dir(tmp_path, moses_smiles):
     """A folder with train.csv.gz / test.csv.gz in the MOSES format."""
-    folder = tmp_path / "raw_moses"
-    folder.mkdir()
-    for split, smiles in moses_smiles.items():
-        (folder / f"{split}.csv.gz").write_bytes(smiles_csv_gz_bytes(smiles))
-    return str(folder)
+    return write_moses_folder(tmp_path / "raw_moses", moses_smiles)
 
 
 @pytest.fixture
@@ -174,8 +178,4 @@ def selfies_smiles():
 @pytest.fixture
 def selfies_moses_dir(tmp_path, selfies_smiles):
     """A folder with train.csv.gz / test.csv.gz holding :func:`selfies_smiles`."""
-    folder = tmp_path / "raw_moses_selfies"
-    folder.mkdir()
-    for split, smiles in selfies_smiles.items():
-        (folder / f"{split}.csv.gz").write_bytes(smiles_csv_gz_bytes(smiles))
-    return str(folder)
+    return write_moses_folder(tmp_path / "raw_moses_selfies", selfies_smiles)

@@ -231,6 +231,21 @@ class Vocabulary:
         return cls(data["tokens"] if isinstance(data, dict) else data)
 
 
+def write_smiles_lines(smiles: Sequence[str], path: str) -> str:
+    """Writes one SMILES per line in order (``''`` as an empty line, so line ``i`` is molecule
+    ``i``), atomically (a temporary file renamed over ``path``). Returns ``path``."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in smiles:
+            if "\n" in s:
+                raise ValueError(f"a SMILES with a line break: {s!r}")
+            f.write(s + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # Bulk tokenisation
 

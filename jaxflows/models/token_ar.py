@@ -18,7 +18,6 @@ Batches: ``tokens`` int32 ``[B, L]``, ``length`` int32 ``[B]`` (real tokens befo
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -275,19 +274,11 @@ class TokenARTask(Task):
 
     def write_samples(self, samples: list[str], path: str) -> str:
         """Writes one SMILES per line, in sample order (an empty decode is an empty line, so
-        line ``i`` is sample ``i``; judging validity is left to the reader). Atomic: a
-        temporary file is renamed over ``path``. Returns ``path``."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for s in samples:
-                if "\n" in s:
-                    raise ValueError(f"a SMILES with a line break: {s!r}")
-                f.write(s + "\n")
-        os.replace(tmp, path)
-        return path
+        line ``i`` is sample ``i``; judging validity is left to the reader). Atomic. Returns
+        ``path``."""
+        from jaxflows.chem.selfies_vocab import write_smiles_lines
+
+        return write_smiles_lines(samples, path)
 
 
 TASK = TokenARTask

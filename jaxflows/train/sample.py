@@ -34,6 +34,20 @@ def resolve_options(task, options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def load_trained(workdir: str, *, data_dir: str | None = None):
+    """``(task, params, step)``: the task of a trained workdir and its evaluation parameters
+    (best, else EMA, else latest), on the host's devices. ``data_dir`` overrides where the data
+    (whose metadata some tasks need, e.g. a vocabulary) is prepared."""
+    from jaxflows.train.loop import build, load_saved_config, restore_for_eval
+
+    config = load_saved_config(workdir)
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    run = build(config)
+    step, state = restore_for_eval(run, workdir)
+    return run.task, jax.device_get(state.eval_params()), int(step)
+
+
 def sample_from_workdir(workdir: str, *, num: int, seed: int = 0,
                         options: Mapping[str, Any] | None = None):
     """``(task, samples)``: ``num`` samples of the workdir's eval params (best, else EMA, else

@@ -60,16 +60,15 @@ def training_smiles(data_dir: str | None) -> set[str]:
 
 
 def _curves(workdir: str) -> dict:
-    rows = []
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = [json.loads(ln) for ln in f if ln.strip()]
-    keep = ("step", "epoch", "loss", "nll_per_token", "sim_per_token", "examples_per_s")
-    train = [{k: r[k] for k in keep if k in r} for r in rows if "loss" in r]
-    val = [{k.removeprefix("val_"): v for k, v in r.items()} for r in rows
-           if any(k.startswith("val_") for k in r)]
-    return {"train": train, "val": val}
+    """``{name: {"step": [...], "value": [...]}}`` of the run's logged series (training every
+    ``log_every_steps``, validation ``val_*``; a resumed run's repeated steps merged)."""
+    from jaxflows.train.curves import read_metrics
+
+    keep = ("loss", "nll_per_token", "sim_per_token", "examples_per_s", "epoch", "val_loss",
+            "val_nll_per_token", "val_recon_token_acc", "val_recon_molecule_acc")
+    series = read_metrics(workdir)
+    return {k: {"step": series[k][0].tolist(), "value": series[k][1].tolist()}
+            for k in keep if k in series}
 
 
 def paper_param_count(vocab_size: int) -> int:

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflows.bijectors.nlsq import _BOUND, NLSq
-from jaxflows.nn.lstm import StackedLSTM
+from jaxflows.nn.lstm import StackedLSTM, uniform_init
 
 START_ID = 0
 STOP_ID = 1
@@ -61,16 +61,10 @@ NLSQ_PARAMS = 5
 PyTree = Any
 
 
-def _uniform(scale: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -scale, scale)
-    return init
-
-
 def _dense(features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
     """The official ``FeedForwardNet`` layer: ``U(-0.07, 0.07)`` kernel, zero bias."""
     return nn.Dense(features, name=name,
-                    kernel_init=nn.with_logical_partitioning(_uniform(0.07), axes),
+                    kernel_init=nn.with_logical_partitioning(uniform_init(0.07), axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                            (axes[1],)))
 

@@ -32,7 +32,9 @@ from jax import lax
 LSTMState = tuple[jax.Array, jax.Array]
 
 
-def _uniform(scale: float):
+def uniform_init(scale: float):
+    """``U(-scale, scale)`` (PyTorch's LSTM and ``FeedForwardNet`` weight inits)."""
+
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -scale, scale)
     return init
@@ -59,7 +61,7 @@ class StackedLSTM(nn.Module):
     dropout: float = 0.0
 
     def setup(self):
-        init = _uniform(1.0 / float(self.hidden) ** 0.5)
+        init = uniform_init(1.0 / float(self.hidden) ** 0.5)
         h4 = 4 * self.hidden
         part = nn.with_logical_partitioning
         self.w_ih = [self.param(f"w_ih_{l}", part(init, (None, "hidden")),

@@ -12,7 +12,7 @@ Rows (``--config experiments/configs/seqflow_moses.py:ROW``):
     31.3M parameters (``jaxflows info``). 10 epochs: meant for an accelerator;
   cpu: the same model family shrunk to train on a 2-core CPU in about two hours: F = 40,
     3 flow layers, LSTM 2x128, 4 couplings with MLPs 2x64, positional one-hot of L = 56;
-    Adam 1e-3, batch 128, clip 1, 2,500 steps (about 0.2 epoch: 2-core CPUs are slow for
+    Adam 1e-3, batch 128, clip 1, 2,000 steps (about 0.16 epoch: 2-core CPUs are slow for
     LSTMs; the model reconstructs exactly from the start, the density keeps improving);
   smoke: a tiny model for a tiny ``moses_selfies`` (tests), seconds.
 """
@@ -54,7 +54,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     if arg == "cpu":
         c.model = default_model_config(hidden=128, num_flow_layers=3, num_couplings=4,
                                        coupling_hidden=64, max_len=0)
-        c.train.num_steps = 2500
+        c.train.num_steps = 2000
         c.train.eval_every_epochs = 0.2
         c.train.eval_batch_size = 500
     elif arg == "smoke":

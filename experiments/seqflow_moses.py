@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     result = {
         "title": "SeqFlow pretrained on MOSES (seqflow_moses)",
         "protocol": ("jaxflows train --config experiments/configs/seqflow_moses.py:ROW; test "
-                     "split (176,074 molecules) from the run's eval.json; nll_per_token: nats "
+                     "metrics on the first num_test_molecules of the test split (176,074 in "
+                     "all; all of them = the run's eval.json); nll_per_token: nats "
                      "per position of the dequantised embedding (a continuous density over 40 "
                      "dims, so it can be negative); recon: clean encode -> sequential decode; "
                      f"{args.num_samples} prior samples (seed 0) for validity, uniqueness and "

@@ -1,4 +1,4 @@
-"""``jaxflows`` command line: data prepare, train, eval, sample, plot, info, table.
+"""``jaxflows`` command line: data prepare, train, eval, sample, plot, info, table, bo.
 
 Errors the user can fix are printed as one line (``error: ...``) with exit status 2.
 """
@@ -22,6 +22,7 @@ USAGE_EXAMPLES = """examples:
   jaxflows plot --workdir /tmp/vae /tmp/vae2 --out curves.png
   jaxflows info --config experiments/configs/vae_mnist.py:vae
   jaxflows table vae_mnist
+  jaxflows bo --config experiments/configs/nfbo_guacamol.py:smoke --workdir /tmp/bo
 """
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
                           epilog="extra flags --config.KEY=VALUE override config keys")
     info.add_argument("--config", required=True)
     info.add_argument("--no_compile", action="store_true", help="skip the memory analysis")
+
+    bo = sub.add_parser("bo", help="NF-BO loop on a Guacamol task (resumes from WORKDIR)",
+                        epilog="extra flags --config.KEY=VALUE override config keys, e.g. "
+                               "--config.method=lsbo --config.seed=1")
+    bo.add_argument("--config", required=True,
+                    help="experiments/configs/nfbo_guacamol.py:ROW")
+    bo.add_argument("--workdir", required=True)
+    bo.add_argument("--stop_after", type=int, default=None,
+                    help="stop after this many iterations (checkpointed; run again to resume)")
 
     tb = sub.add_parser("table", help="render experiments/results/NAME.json as Markdown")
     tb.add_argument("name")
@@ -177,8 +187,36 @@ def _cmd_info(args, overrides) -> None:
     print(f"mesh: {info['mesh']}")
     print(f"flops_per_example: {info['flops_per_example']:.4g}")
     print(f"state_bytes_per_device: {info['state_bytes_per_device']}")
+    for key in ("attention", "remat"):  # what the memory estimate assumes (Transformer models)
+        if key in info:
+            print(f"{key}: {info[key]}")
     if "peak_bytes_per_device" in info:
         print(f"peak_bytes_per_device: {info['peak_bytes_per_device']}")
+
+
+def _cmd_bo(args, overrides) -> None:
+    from jaxflows.bo.loop import run_bo
+    from jaxflows.train.config_loader import apply_overrides, load_config_file
+
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop_after must be >= 1, got {args.stop_after}")
+    config = apply_overrides(load_config_file(args.config), overrides)
+    s = run_bo(config, args.workdir, stop_after=args.stop_after)
+    state = "finished" if s["finished"] else "stopped (run again to resume)"
+    print(f"{s['task']} {s['method']} seed {s['seed']}: {state} after {s['iterations']} "
+          f"iterations, {s['calls']}/{s['budget']} oracle calls")
+    best = "none" if s["final_best"] is None else f"{s['final_best']:.4f}"
+    print(f"best found {best} (initial best {s['initial']['best']:.4f}), "
+          f"AUC top-10 {s['auc_top10']:.4f}")
+    cc = s["compile_counts"]
+    spi = s["seconds_per_iteration"]
+    print(f"seconds per iteration {spi:.2f}" if spi is not None else "no iteration run",
+          f"(compiles: setup {cc['setup']}, first iteration {cc['first_iteration']}, later "
+          f"{cc['later_iterations']})")
+    for name in ("bo_history.jsonl", "best.json", "best_so_far.png", "summary.json"):
+        path = os.path.join(args.workdir, name)
+        if os.path.exists(path):
+            print(f"wrote {path}")
 
 
 def _cmd_table(args) -> None:
@@ -193,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = _split_overrides(argv)
     parser = _parser()
     args = parser.parse_args(rest)
-    if overrides and args.command not in ("train", "eval", "info", "sample"):
-        parser.error(f"--config.KEY=VALUE overrides only apply to train, eval, sample and "
-                     f"info, got {overrides[0]}")
+    if overrides and args.command not in ("train", "eval", "info", "sample", "bo"):
+        parser.error(f"--config.KEY=VALUE overrides only apply to train, eval, sample, info "
+                     f"and bo, got {overrides[0]}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -213,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_info(args, overrides)
         elif args.command == "table":
             _cmd_table(args)
+        elif args.command == "bo":
+            _cmd_bo(args, overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -75,7 +75,9 @@ class MetaBlock(nn.Module):
       nvp: affine (True) or volume-preserving shift-only (False).
       flip: reverse the token order inside this block.
       dtype: Transformer matmul dtype.
-      remat: rematerialise Transformer layers in the backward pass.
+      remat: rematerialisation of the Transformer layers in the backward pass: a name from
+        :data:`jaxflows.nn.transformer.REMAT_POLICIES` (``'none'``, ``'full'``, a
+        ``jax.checkpoint_policies`` name) or a bool (``True`` = ``'full'``).
       attention_impl: see :class:`jaxflows.nn.transformer.TransformerLayer`.
       max_log_scale: > 0 soft-clamps the log-scale, ``a = c tanh(a / c)`` (0 = off, official).
     """
@@ -90,7 +92,7 @@ class MetaBlock(nn.Module):
     nvp: bool = True
     flip: bool = False
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
     attention_impl: str = "einsum"
     max_log_scale: float = 0.0
 
@@ -192,8 +194,9 @@ class TarFlowModel(nn.Module):
       num_classes: 0 for unconditional.
       nvp: affine blocks (True) or volume-preserving with a learned prior variance (False).
       dtype: Transformer matmul dtype.
-      remat: rematerialise Transformer layers.
-      attention_impl: ``'einsum'`` | ``'xla'`` | ``'cudnn'`` | ``'auto'`` for the parallel pass.
+      remat: rematerialisation policy of the Transformer layers (see :class:`MetaBlock`).
+      attention_impl: ``'einsum'`` | ``'chunked'`` | ``'xla'`` | ``'cudnn'`` | ``'auto'`` (see
+        :class:`jaxflows.nn.transformer.TransformerLayer`).
       max_log_scale: soft clamp of every block's log-scale (0 = off, as ml-tarflow).
     """
 
@@ -207,7 +210,7 @@ class TarFlowModel(nn.Module):
     num_classes: int = 0
     nvp: bool = True
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
     attention_impl: str = "einsum"
     max_log_scale: float = 0.0
 

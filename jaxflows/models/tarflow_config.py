@@ -17,6 +17,7 @@ import ml_collections
 from jaxflows.errors import ConfigError
 from jaxflows.models.tarflow import TarFlowModel, logit_bijector
 from jaxflows.nn.patches import check_patch_size
+from jaxflows.nn.transformer import ATTENTION_IMPLS, REMAT_POLICIES, remat_policy_name
 
 #: the task module ``config.model.name`` names (``'tarflow'`` is an alias of it)
 TASK_MODULE = "jaxflows.models.tarflow_task"
@@ -40,8 +41,12 @@ def default_model_config(**overrides: Any) -> ml_collections.ConfigDict:
         nvp=True,  # affine blocks; False = volume preserving + learned prior variance
         noise_type="gaussian",  # gaussian | uniform (dequantisation, for bits/dim) | none
         noise_std=0.1,  # sigma of the Gaussian input noise, in [-1, 1] pixel units
-        remat=False,  # rematerialise Transformer layers (memory for compute)
-        attention="einsum",  # parallel-pass attention: einsum | xla | cudnn (GPU flash) | auto
+        # rematerialise the scanned Transformer layers in the backward pass (memory for compute):
+        # none | full | a jax.checkpoint_policies name (jaxflows.nn.transformer.REMAT_POLICIES)
+        remat="none",
+        # attention kernel: einsum | chunked (query chunks, memory-bounded) | xla | cudnn (GPU
+        # flash) | auto (cudnn on GPU in bf16, xla on TPU, chunked elsewhere)
+        attention="einsum",
         sample_guidance=0.0,
         sample_attn_temp=1.0,
         sample_annealed=True,
@@ -83,7 +88,7 @@ def model_from_config(config: ml_collections.ConfigDict, image_shape) -> TarFlow
         num_classes=int(m.get("num_classes", 0)),
         nvp=bool(m.get("nvp", True)),
         dtype=jnp.dtype(config.get("dtype", "float32")),
-        remat=bool(m.get("remat", False)),
+        remat=remat_policy_name(m.get("remat", "none")),
         attention_impl=str(m.get("attention", "einsum")),
         max_log_scale=float(m.get("max_log_scale", 0.0)),
     )
@@ -139,6 +144,13 @@ def validate_model_config(config: ml_collections.ConfigDict, image_shape,
     if ncls and data_num_classes and ncls != data_num_classes:
         raise ConfigError(
             f"config.model.num_classes={ncls} but the data has {data_num_classes} classes")
+    remat = m.get("remat", "none")
+    if not isinstance(remat, bool) and str(remat) not in REMAT_POLICIES:
+        raise ConfigError(f"config.model.remat={remat!r}; use one of {', '.join(REMAT_POLICIES)}")
+    attention = str(m.get("attention", "einsum"))
+    if attention not in ATTENTION_IMPLS:
+        raise ConfigError(
+            f"config.model.attention={attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
     if not float(m.get("max_log_scale", 0.0)) >= 0:
         raise ConfigError(f"config.model.max_log_scale={m.max_log_scale} must be >= 0 (0 = off)")
     try:

@@ -28,7 +28,13 @@ import numpy as np
 from jax import lax
 
 from jaxflows.errors import ConfigError
-from jaxflows.nn.transformer import Transformer, init_cache, layer_norm, torch_uniform_init
+from jaxflows.nn.transformer import (
+    Transformer,
+    init_cache,
+    layer_norm,
+    remat_policy_name,
+    torch_uniform_init,
+)
 from jaxflows.train.task import DataInfo, ElementSpec, Metrics, PyTree, Task, masked_mean, to_host
 
 START_ID = 0
@@ -45,7 +51,7 @@ def default_model_config(**overrides: Any) -> ml_collections.ConfigDict:
         head_dim=32,
         mlp_ratio=4,
         embed_init_std=0.02,  # N(0, std) token and position embeddings
-        remat=False,  # rematerialise Transformer layers in the backward pass
+        remat="none",  # Transformer layers in the backward pass: none | full | a jax policy
         attention="einsum",  # parallel-pass attention: einsum | xla | cudnn | auto
         sample_batch_size=0,  # sequences per jitted sampling call (0 = all at once)
     ))
@@ -71,7 +77,7 @@ class TokenAR(nn.Module):
     mlp_ratio: int = 4
     embed_init_std: float = 0.02
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
     attention_impl: str = "einsum"
 
     def setup(self):
@@ -179,7 +185,7 @@ class TokenARTask(Task):
             mlp_ratio=int(m.get("mlp_ratio", 4)),
             embed_init_std=float(m.get("embed_init_std", 0.02)),
             dtype=jnp.dtype(config.get("dtype", "float32")),
-            remat=bool(m.get("remat", False)),
+            remat=remat_policy_name(m.get("remat", "none")),
             attention_impl=str(m.get("attention", "einsum")),
         )
         self.sample_batch_size = int(m.get("sample_batch_size", 0))

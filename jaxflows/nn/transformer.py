@@ -21,6 +21,20 @@ leading ``'layers'`` logical axis and its cache is ``(k, v)`` each ``[K, B, N_ma
 
 Logical axis names (mapped to mesh axes by ``config.sharding_rules``): ``'embed'`` (model width),
 ``'heads'``, ``'kv'`` (head dim), ``'mlp'`` (MLP hidden), ``'layers'`` (scan axis).
+
+Memory at scale (``B*H*N^2`` attention probabilities and every layer's activations):
+
+* ``attention_impl`` (:data:`ATTENTION_IMPLS`): ``'einsum'`` materialises the ``[B, H, L, M]``
+  probabilities; ``'chunked'`` (:func:`chunked_attention`) processes ``attention_chunk`` queries at
+  a time under ``lax.map`` with each chunk checkpointed, so neither the forward nor the backward
+  pass holds more than ``[B, H, chunk, M]`` -- the same row-wise float32 softmax, so the same
+  numbers; ``'xla'`` / ``'cudnn'`` call ``jax.nn.dot_product_attention``; ``'auto'`` picks per
+  backend (:func:`resolve_attention`: cuDNN flash attention on GPUs in bf16/fp16, XLA's
+  ``dot_product_attention`` on TPUs, ``'chunked'`` otherwise).
+* ``remat`` (:data:`REMAT_POLICIES`): ``'none'`` keeps every layer's activations for the backward
+  pass; ``'full'`` keeps only each scanned layer's input and recomputes the rest; the others
+  name a ``jax.checkpoint_policies`` policy (e.g. ``'dots_with_no_batch_dims_saveable'`` keeps
+  the weight matmuls' outputs and recomputes attention and elementwise ops).
 """
 
 from __future__ import annotations
@@ -35,6 +49,56 @@ from jax import lax
 
 Cache = tuple[jax.Array, jax.Array]
 Dtype = Any
+
+#: ``attention_impl`` values (see the module docstring)
+ATTENTION_IMPLS = ("einsum", "chunked", "xla", "cudnn", "auto")
+
+#: ``remat`` values: ``'none'``, ``'full'`` (save nothing but the layer input) and the
+#: argument-free ``jax.checkpoint_policies`` by name
+REMAT_POLICIES = ("none", "full", "nothing_saveable", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable", "everything_saveable")
+
+
+def remat_policy_name(remat: bool | str) -> str:
+    """Canonical name of a ``remat`` setting: ``False`` -> ``'none'``, ``True`` -> ``'full'``;
+    raises ``ValueError`` for an unknown name."""
+    if isinstance(remat, bool):
+        return "full" if remat else "none"
+    name = str(remat)
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {name!r}; use one of {', '.join(REMAT_POLICIES)}")
+    return name
+
+
+def remat_policy(remat: bool | str):
+    """``(enabled, policy)`` for ``jax.checkpoint`` / ``nn.remat`` (policy ``None`` = save
+    nothing but the inputs)."""
+    name = remat_policy_name(remat)
+    if name == "none":
+        return False, None
+    if name in ("full", "nothing_saveable"):
+        return True, None
+    return True, getattr(jax.checkpoint_policies, name)
+
+
+def resolve_attention(impl: str, dtype: Dtype = jnp.float32, backend: str | None = None) -> str:
+    """The kernel an ``attention_impl`` setting runs on ``backend`` (default: jax's default
+    backend) with matmuls in ``dtype``: ``'auto'`` becomes ``'cudnn'`` on GPUs in bf16/fp16
+    (fused flash attention), ``'xla'`` on TPUs (``jax.nn.dot_product_attention``; jax has no
+    fused TPU kernel behind it) and ``'chunked'`` otherwise (CPU, or float32 on GPU); other
+    values are returned unchanged. Raises ``ValueError`` for an unknown value."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(
+            f"unknown attention_impl {impl!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+    if impl != "auto":
+        return impl
+    backend = (backend or jax.default_backend()).lower()
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if backend in ("gpu", "cuda", "rocm") and half:
+        return "cudnn"
+    if backend == "tpu":
+        return "xla"
+    return "chunked"
 
 
 def torch_uniform_init(fan_in: int) -> nn.initializers.Initializer:
@@ -79,6 +143,42 @@ def attention(
     return jnp.einsum("bhlm,bmhd->blhd", weights, v)
 
 
+def chunked_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: jax.Array | float,
+    chunk: int = 128,
+) -> jax.Array:
+    """:func:`attention` computed ``chunk`` queries at a time, with bounded memory.
+
+    Same arguments and result as :func:`attention` (``mask`` must be ``[L, M]``). The queries
+    (and mask rows) are split into chunks mapped over with ``lax.map``; each chunk is a
+    ``jax.checkpoint``, so the backward pass recomputes its ``[B, H, chunk, M]`` probabilities
+    instead of storing all ``L / chunk`` of them. Each query row sees all ``M`` keys and the
+    same float32 softmax as :func:`attention`, so the results agree up to float reassociation.
+    ``L`` not a multiple of ``chunk`` is padded (padded rows are dropped).
+    """
+    b, length, h, dh = q.shape
+    if mask.ndim != 2:
+        raise ValueError(f"chunked_attention needs an [L, M] mask, got shape {mask.shape}")
+    if length <= chunk:
+        return attention(q, k, v, mask, scale)
+    n = -(-length // chunk)
+    pad = n * chunk - length
+    if pad:
+        q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        mask = jnp.pad(mask, ((0, pad), (0, 0)), constant_values=True)
+    qs = jnp.moveaxis(q.reshape(b, n, chunk, h, dh), 1, 0)  # [n, B, chunk, H, Dh]
+    ms = mask.reshape(n, chunk, mask.shape[-1])
+
+    @jax.checkpoint
+    def one(args):
+        qi, mi = args
+        return attention(qi, k, v, mi, scale)
+
+    o = lax.map(one, (qs, ms))  # [n, B, chunk, H, Dh]
+    o = jnp.moveaxis(o, 0, 1).reshape(b, n * chunk, h, dh)
+    return o[:, :length]
+
+
 def _temp_scale(head_dim: int, attn_temp, batch: int):
     t = jnp.asarray(attn_temp, jnp.float32)
     if t.ndim == 1:
@@ -99,10 +199,14 @@ class TransformerLayer(nn.Module):
       mlp_ratio: MLP hidden width is ``mlp_ratio * C``.
       dtype: matmul dtype.
       ln_eps: LayerNorm epsilon (1e-5, PyTorch's default).
-      attention_impl: full causal pass only: ``'einsum'`` (this module's masked softmax) or a
-        ``jax.nn.dot_product_attention`` implementation: ``'xla'``, ``'cudnn'`` (flash attention
-        on NVIDIA GPUs, bf16/fp16) or ``'auto'`` (jax picks). Cached decoding always uses
-        ``'einsum'``. The softmax is float32 in every case.
+      attention_impl: one of :data:`ATTENTION_IMPLS`: ``'einsum'`` (this module's masked
+        softmax), ``'chunked'`` (the same, ``attention_chunk`` queries at a time, memory-bounded),
+        a ``jax.nn.dot_product_attention`` implementation for the full causal pass (``'xla'``,
+        ``'cudnn'``: flash attention on NVIDIA GPUs, bf16/fp16), or ``'auto'``
+        (:func:`resolve_attention`). Cached decoding uses ``'chunked'`` when that is the resolved
+        kernel and the chunk has more than ``attention_chunk`` tokens, else ``'einsum'``. The
+        softmax is float32 in every case.
+      attention_chunk: queries per chunk of ``'chunked'`` attention.
     """
 
     width: int
@@ -111,6 +215,7 @@ class TransformerLayer(nn.Module):
     dtype: Dtype = jnp.float32
     ln_eps: float = 1e-5
     attention_impl: str = "einsum"
+    attention_chunk: int = 128
 
     @nn.compact
     def __call__(
@@ -161,10 +266,8 @@ class TransformerLayer(nn.Module):
         qkv = jnp.einsum("blc,cthd->blthd", y, qkv_k.astype(dt)) + qkv_b.astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, Dh]
         scale = _temp_scale(dh, attn_temp, b)
-        if cache is None and self.attention_impl != "einsum":
-            if self.attention_impl not in ("xla", "cudnn", "auto"):
-                raise ValueError(f"unknown attention_impl {self.attention_impl!r}")
-            impl = None if self.attention_impl == "auto" else self.attention_impl
+        impl = resolve_attention(self.attention_impl, dt)
+        if cache is None and impl in ("xla", "cudnn"):
             qs = (q * (scale * dh**0.5)).astype(dt)  # temperature folded into the queries
             o = jax.nn.dot_product_attention(qs, k, v, scale=dh**-0.5, is_causal=True,
                                              implementation=impl)
@@ -184,7 +287,9 @@ class TransformerLayer(nn.Module):
             qpos = start + jnp.arange(length)
             mask = jnp.arange(ck.shape[1])[None, :] <= qpos[:, None]  # [L, N_max]
             k, v = ck.astype(dt), cv.astype(dt)
-        if mask is not None:
+        if mask is not None and impl == "chunked":
+            o = chunked_attention(q, k, v, mask, scale, self.attention_chunk)
+        elif mask is not None:
             o = attention(q, k, v, mask, scale)
         o = jnp.einsum("blhd,hdc->blc", o, proj_k.astype(dt)) + proj_b.astype(dt)
         x = x + o.astype(jnp.float32)
@@ -207,12 +312,13 @@ class _ScanLayer(nn.Module):
     dtype: Dtype
     ln_eps: float
     attention_impl: str
+    attention_chunk: int
 
     @nn.compact
     def __call__(self, x, cache, attn_temp, start):
         return TransformerLayer(
             self.width, self.head_dim, self.mlp_ratio, self.dtype, self.ln_eps,
-            self.attention_impl, name="layer"
+            self.attention_impl, self.attention_chunk, name="layer"
         )(x, attn_temp, cache, start)
 
 
@@ -220,8 +326,10 @@ class Transformer(nn.Module):
     """``num_layers`` identical :class:`TransformerLayer` s under ``nn.scan``.
 
     Params of every layer are stacked along a leading axis of size ``num_layers`` with logical
-    name ``'layers'``. ``remat=True`` rematerialises each layer in the backward pass;
-    ``attention_impl`` as in :class:`TransformerLayer`.
+    name ``'layers'``. ``remat`` rematerialises the scanned layer body in the backward pass: a
+    name from :data:`REMAT_POLICIES` (``'none'``, ``'full'``, or a ``jax.checkpoint_policies``
+    policy), or a bool (``True`` = ``'full'``). ``attention_impl`` and ``attention_chunk`` as in
+    :class:`TransformerLayer`.
     """
 
     width: int
@@ -230,8 +338,9 @@ class Transformer(nn.Module):
     mlp_ratio: int = 4
     dtype: Dtype = jnp.float32
     ln_eps: float = 1e-5
-    remat: bool = False
+    remat: bool | str = False
     attention_impl: str = "einsum"
+    attention_chunk: int = 128
 
     @nn.compact
     def __call__(
@@ -244,8 +353,9 @@ class Transformer(nn.Module):
         """``x: [B, L, C]`` -> ``([B, L, C] float32, cache)``; cache ``(k, v)`` each
         ``[K, B, N_max, H, Dh]`` or ``None`` for the full causal pass."""
         body = _ScanLayer
-        if self.remat:
-            body = nn.remat(body, prevent_cse=False)
+        enabled, policy = remat_policy(self.remat)
+        if enabled:
+            body = nn.remat(body, prevent_cse=False, policy=policy)
         scanned = nn.scan(
             body,
             variable_axes={"params": 0},
@@ -258,7 +368,7 @@ class Transformer(nn.Module):
             start = 0
         return scanned(
             self.width, self.head_dim, self.mlp_ratio, self.dtype, self.ln_eps,
-            self.attention_impl, name="layers"
+            self.attention_impl, self.attention_chunk, name="layers"
         )(x, cache, jnp.asarray(attn_temp, jnp.float32), jnp.asarray(start, jnp.int32))
 
     def init_cache(self, batch: int, max_len: int, dtype: Dtype | None = None) -> Cache:

@@ -92,8 +92,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 def upgrade_saved_config(saved: dict) -> dict:
     """A ``config.json`` of an older jaxflows in today's schema (``data.eval_binarize_seed >= 0``
-    becomes the ``binarize_eval`` transform; short task names resolve by alias)."""
+    becomes the ``binarize_eval`` transform; a boolean ``model.remat`` becomes the policy name
+    ``'full'`` / ``'none'``; short task names resolve by alias)."""
     saved = dict(saved)
+    model = dict(saved.get("model", {}))
+    if isinstance(model.get("remat"), bool):
+        model["remat"] = "full" if model["remat"] else "none"
+        saved["model"] = model
     data = dict(saved.get("data", {}))
     seed = data.pop("eval_binarize_seed", None)
     if seed is not None:

@@ -3,6 +3,12 @@
 Nothing is allocated for the parameter count (``jax.eval_shape``). FLOPs come from XLA's cost
 analysis of the lowered train step; memory from the compiled step's memory analysis on the
 config's mesh (when this machine has enough devices), else from the sharded state size alone.
+
+Memory depends on how the model computes attention and what it keeps for the backward pass, so
+for a model config with ``attention`` / ``remat`` keys (the Transformer models) the result names
+the kernel and the rematerialisation policy the estimate assumes: ``attention='auto'`` resolves
+on the platform the step compiles for (``chunked`` on a CPU, cuDNN flash attention on a GPU in
+bf16), so an estimate made on a CPU for a GPU run is one with chunked attention.
 """
 
 from __future__ import annotations
@@ -32,8 +38,30 @@ def _bytes(tree) -> int:
     return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+def memory_assumptions(config, platform: str) -> dict[str, str]:
+    """``{'attention': ..., 'remat': ...}`` for a model config with those keys (Transformer
+    models): the attention kernel ``config.model.attention`` runs on ``platform`` and the
+    rematerialisation policy of the layers. Empty for models without them."""
+    m = config.model
+    out = {}
+    if "attention" in m:
+        from jaxflows.nn.transformer import resolve_attention
+
+        impl = str(m.attention)
+        kernel = resolve_attention(impl, config.get("dtype", "float32"), platform)
+        out["attention"] = (kernel if kernel == impl
+                            else f"{kernel} (config.model.attention={impl!r} on {platform})")
+    if "remat" in m:
+        from jaxflows.nn.transformer import remat_policy_name
+
+        out["remat"] = remat_policy_name(m.remat)
+    return out
+
+
 def model_info(config, *, compile_step: bool = True) -> dict:
-    """Returns ``{params, flops_per_example, state_bytes_per_device, peak_bytes_per_device}``."""
+    """Returns ``{params, mesh, example, flops_per_example, state_bytes_per_device,
+    peak_bytes_per_device}``, plus ``attention`` and ``remat`` (see
+    :func:`memory_assumptions`) for Transformer models."""
     from jaxflows.train.loop import build
 
     run = build(config, _info_data(config))
@@ -42,6 +70,7 @@ def model_info(config, *, compile_step: bool = True) -> dict:
     out = {"params": int(n_params), "mesh": dict(run.mesh.shape),
            "example": {k: f"{np.dtype(v.dtype).name}{list(v.shape)}"
                        for k, v in run.example_spec.items()}}
+    out.update(memory_assumptions(config, run.mesh.devices.flat[0].platform))
     b = config.train.batch_size
     batch = batch_of(run.example_spec, b, sharding=run.batch_sharding)
     with jax.set_mesh(run.mesh):

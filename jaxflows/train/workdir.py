@@ -33,6 +33,8 @@ RESUMABLE_KEYS = (
     "train.log_every_steps", "train.checkpoint_every_secs", "train.keep_checkpoints",
     "train.progress_bar", "train.steps_per_dispatch", "train.eval_batch_size",
     "data.data_dir", "mesh.*", "init_from",
+    # memory strategies: the same numbers up to float reassociation
+    "model.remat", "model.attention",
 )
 
 

@@ -1,0 +1,166 @@
+"""The NF-BO loop on a tiny random SeqFlow and a real Guacamol task (adip, the smoke row):
+budget and history, compile-once, kill-and-resume bitwise, every method, the CLI."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("rdkit")
+pytest.importorskip("selfies")
+pytest.importorskip("tinygp")
+
+from jaxflows.bo.config import validate  # noqa: E402
+from jaxflows.bo.loop import run_bo, select_training_set  # noqa: E402
+from jaxflows.errors import ConfigError, UserError  # noqa: E402
+from jaxflows.train.config_loader import apply_overrides, load_config_file  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SPEC = os.path.join(ROOT, "experiments", "configs", "nfbo_guacamol.py") + ":smoke"
+
+
+def smoke(*overrides: str):
+    """The smoke row, 6 iterations at most, with ``KEY=VALUE`` overrides."""
+    c = load_config_file(SPEC)
+    c.progress_bar = False
+    c.max_iterations = 6
+    return apply_overrides(c, [f"--config.{o}" for o in overrides])
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """Six uninterrupted iterations of NF-BO (TACS on) on the smoke row."""
+    workdir = str(tmp_path_factory.mktemp("bo") / "full")
+    return workdir, run_bo(smoke(), workdir)
+
+
+def _history(workdir):
+    with open(os.path.join(workdir, "bo_history.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _arrays(workdir):
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ck:
+        return jax.tree.map(np.asarray, ck.restore(os.path.join(workdir, "checkpoint",
+                                                                "arrays")))
+
+
+def test_run_respects_the_budget_and_writes_its_outputs(full_run):
+    workdir, s = full_run
+    cfg = smoke()
+    hist = _history(workdir)
+    assert s["iterations"] == 6 and 0 < s["calls"] <= cfg.budget
+    assert len(hist) == s["calls"]
+    assert [h["call"] for h in hist] == list(range(1, s["calls"] + 1))
+    smiles = [h["smiles"] for h in hist]
+    assert len(set(smiles)) == len(smiles)                     # unique new molecules only
+    with open(os.path.join(workdir, "checkpoint", "state.json")) as f:
+        initial = set(json.load(f)["smiles"][:s["initial"]["n"]])
+    assert not initial & set(smiles)                          # never an initial molecule
+    assert all(0 <= h["score"] <= 1 and 0 <= h["iteration"] < 6 for h in hist)
+    assert s["final_best"] == pytest.approx(max(h["score"] for h in hist))
+    for name in ("best.json", "best_so_far.png", "summary.json", "config.json"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    with open(os.path.join(workdir, "best.json")) as f:
+        best = json.load(f)["best"]
+    assert best[0]["score"] == pytest.approx(s["final_best"])
+    assert s["finetunes"] >= 1 and s["method"] == "nfbo"
+
+
+def test_nothing_compiles_after_the_first_iteration(full_run):
+    _, s = full_run
+    per = s["compile_counts"]["per_iteration"]
+    assert len(per) == 6 and per[1:] == [0] * 5, per
+    assert s["compile_counts"]["later_iterations"] == 0
+
+
+def test_killed_and_resumed_run_is_bitwise_identical(full_run, tmp_path):
+    full, _ = full_run
+    part = str(tmp_path / "part")
+    s1 = run_bo(smoke(), part, stop_after=3)
+    assert s1["iterations"] == 3 and not s1["finished"]
+    # a kill at a bad moment: history lines of an iteration never checkpointed, a half-written
+    # temporary checkpoint, and the new checkpoint not yet renamed into place
+    with open(os.path.join(part, "bo_history.jsonl"), "a") as f:
+        f.write(json.dumps({"call": 999, "iteration": 3, "smiles": "C", "score": 0.5}) + "\n")
+    os.replace(os.path.join(part, "checkpoint"), os.path.join(part, "checkpoint.old"))
+    os.makedirs(os.path.join(part, "checkpoint.tmp", "arrays"))
+    s2 = run_bo(smoke(), part)
+    assert s2["iterations"] == 6
+    with open(os.path.join(full, "bo_history.jsonl")) as a, \
+            open(os.path.join(part, "bo_history.jsonl")) as b:
+        assert a.read() == b.read()
+    with open(os.path.join(full, "checkpoint", "state.json")) as a, \
+            open(os.path.join(part, "checkpoint", "state.json")) as b:
+        ma, mb = json.load(a), json.load(b)
+    for key in ("iteration", "smiles", "y", "origin", "trust", "pending_train", "finetunes",
+                "oracle", "gp"):
+        assert ma[key] == mb[key], key
+    ra, rb = _arrays(full), _arrays(part)
+    la, lb = jax.tree.leaves(ra), jax.tree.leaves(rb)
+    assert len(la) == len(lb) > 100
+    for x, y in zip(la, lb, strict=True):                      # SeqFlow, Adam, GP, D_tr
+        np.testing.assert_array_equal(x, y)
+    assert not os.path.exists(os.path.join(part, "checkpoint.old"))
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("random", ()),
+    ("lsbo", ("gp.refit_every_iteration=false", "tr.rule=turbo")),   # the released GP, LOL-BO TR
+    ("nfbo_no_tacs", ()),
+])
+def test_each_method_runs_to_its_budget(method, extra, tmp_path):
+    workdir = str(tmp_path / method)
+    s = run_bo(smoke(f"method={method}", "budget=15", *extra), workdir)
+    assert s["finished"] and s["calls"] == 15                 # the last batch is cut
+    assert len(_history(workdir)) == 15
+    assert s["compile_counts"]["later_iterations"] == 0
+    if method == "nfbo_no_tacs":
+        assert s["finetunes"] >= 1
+    else:
+        assert s["finetunes"] == 0
+
+
+def test_resume_refuses_a_different_config(full_run):
+    workdir, _ = full_run
+    with pytest.raises(UserError, match="seed"):
+        run_bo(smoke("seed=5"), workdir)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="method"):
+        validate(smoke("method=bogus"))
+    c = smoke()
+    with c.unlocked():
+        c.tr.rule = "nope"
+    with pytest.raises(ConfigError, match="tr.rule"):
+        validate(c)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        smoke("budjet=3")
+
+
+def test_training_set_is_top_k_and_recent():
+    y = np.array([0.1, 0.9, 0.5, 0.9, 0.0, 0.2, 0.3])
+    np.testing.assert_array_equal(select_training_set(y, 7, 2, 2), [1, 3, 5, 6])
+    np.testing.assert_array_equal(select_training_set(y, 4, 10, 1), [0, 1, 2, 3])
+
+
+def test_cli_bo_runs_and_reports(tmp_path, capsys):
+    from jaxflows.cli import main
+
+    workdir = str(tmp_path / "cli")
+    args = ["bo", "--config", SPEC, "--workdir", workdir, "--config.progress_bar=false",
+            "--config.budget=12"]
+    assert main([*args, "--stop_after", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "adip nfbo seed 0" in out and "wrote" in out
+    assert main(args) == 0
+    assert len(_history(workdir)) == 12
+    assert main(["bo", "--config", SPEC, "--workdir", workdir, "--config.methd=x"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    shutil.rmtree(workdir)

@@ -211,16 +211,9 @@ def features(cls_params, images, chunk: int = 1000) -> np.ndarray:
     """DigitCNN penultimate features ``[N, 128]`` (float64) of images (uint8 or [0, 1]), in
     padded chunks of ``chunk`` (one compiled shape for every call)."""
     from jaxflows.eval.classifier import features as feats
+    from jaxflows.train.task import map_in_chunks
 
-    images = np.asarray(images)
-    out = []
-    for s in range(0, len(images), chunk):
-        part = images[s:s + chunk]
-        pad = chunk - len(part)
-        if pad:
-            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-        out.append(np.asarray(feats(cls_params, part), np.float64)[:chunk - pad])
-    return np.concatenate(out)
+    return map_in_chunks(lambda part: feats(cls_params, part), images, chunk).astype(np.float64)
 
 
 # --- flow-matching models on arrays (priors and generators) -------------------------------------

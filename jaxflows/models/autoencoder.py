@@ -417,30 +417,18 @@ def encode_all(task: AutoencoderTask, params: PyTree, images, batch_size: int = 
                ) -> np.ndarray:
     """Posterior means of uint8 ``images: [N, H, W, C]`` -> float32 ``[N, h, w, c]``, in
     batches of ``batch_size`` (padded: one compiled shape for any ``N``)."""
-    images = np.asarray(images)
-    bs = max(1, int(batch_size))
-    out = []
-    for s in range(0, len(images), bs):
-        part = images[s:s + bs]
-        pad = bs - len(part)
-        if pad:
-            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-        out.append(np.asarray(task.encode(params, part))[:bs - pad])
-    return np.concatenate(out).astype(np.float32)
+    from jaxflows.train.task import map_in_chunks
+
+    return map_in_chunks(lambda part: task.encode(params, part), images,
+                         batch_size).astype(np.float32)
 
 
 def decode_all(task: AutoencoderTask, params: PyTree, z, batch_size: int = 500) -> np.ndarray:
     """Images in ``[0, 1]`` ``[N, H, W, C]`` of latents ``z: [N, h, w, c]`` (batched, padded)."""
-    z = np.asarray(z, np.float32)
-    bs = max(1, int(batch_size))
-    out = []
-    for s in range(0, len(z), bs):
-        part = z[s:s + bs]
-        pad = bs - len(part)
-        if pad:
-            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-        out.append(np.asarray(task.decode(params, part))[:bs - pad])
-    return np.concatenate(out)
+    from jaxflows.train.task import map_in_chunks
+
+    return map_in_chunks(lambda part: task.decode(params, part), np.asarray(z, np.float32),
+                         batch_size)
 
 
 def latent_scale(task: AutoencoderTask, params: PyTree, images, batch_size: int = 500) -> float:

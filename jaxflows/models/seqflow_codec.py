@@ -129,14 +129,9 @@ class SeqFlowCodec:
 
     # --- latents -------------------------------------------------------------------------
     def _chunks(self, fn, params, arr: np.ndarray) -> np.ndarray:
-        outs = []
-        for s in range(0, len(arr), self.batch_size):
-            part = arr[s:s + self.batch_size]
-            pad = self.batch_size - len(part)
-            if pad:
-                part = np.concatenate([part, np.repeat(part[:1], pad, axis=0)])
-            outs.append(np.asarray(jax.device_get(fn(params, part)))[:self.batch_size - pad])
-        return np.concatenate(outs) if outs else None
+        from jaxflows.train.task import map_in_chunks
+
+        return map_in_chunks(lambda part: fn(params, part), arr, self.batch_size)
 
     def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
         """Clean latents ``float32 [N, L, F]`` of ids ``int [N, L]``."""

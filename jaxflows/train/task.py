@@ -108,6 +108,25 @@ def to_host(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+def map_in_chunks(fn: Callable[[np.ndarray], Any], array, chunk: int) -> np.ndarray:
+    """``fn`` over ``array [N, ...]`` in chunks of ``chunk`` rows, the last one padded with
+    zeros so ``fn`` (a jitted function) sees one shape; returns the rows' outputs concatenated
+    as numpy (``fn``'s output has a leading axis of ``chunk``)."""
+    array = np.asarray(array)
+    chunk = max(1, int(chunk))
+    if not len(array):  # the output's trailing shape and dtype, with no rows
+        empty = np.zeros((chunk, *array.shape[1:]), array.dtype)
+        return np.asarray(jax.device_get(fn(empty)))[:0]
+    out = []
+    for s in range(0, len(array), chunk):
+        part = array[s:s + chunk]
+        pad = chunk - len(part)
+        if pad:
+            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
+        out.append(np.asarray(jax.device_get(fn(part)))[:chunk - pad])
+    return np.concatenate(out)
+
+
 def zeros_batch(spec: PyTree, batch_size: int) -> PyTree:
     """A batch of zeros shaped like ``spec`` with a leading axis of ``batch_size``."""
     return jax.tree.map(lambda s: jnp.zeros((batch_size, *s.shape), s.dtype), spec)

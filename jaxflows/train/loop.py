@@ -451,8 +451,13 @@ def _train_locked(run: Run, config, workdir: str, *, final_eval: bool) -> dict:
         in_flight = None
 
         def save(force=False, metrics=None):
-            nonlocal last_save
+            nonlocal last_save, state
             loop["wall_time_s"] = time.time() - t_start
+            if state.best_params is not None and loop["best_step"] < 0:
+                # no validation yet (or none configured): the best params we know of are the
+                # tracked ones, never the initial params the state started with
+                state = state.replace(best_params=copy_params(
+                    state.ema_params if state.ema_params is not None else state.params))
             ckpt.save(step, state, data_state=iterator.get_state(), loop=loop,
                       config=config.to_dict(), metrics=metrics, force=force)
             last_save = time.time()
@@ -576,7 +581,12 @@ def restore_for_eval(run: Run, workdir: str) -> tuple[int, TrainState]:
     ckpt.close()
     if restored is None:
         raise UserError(f"no checkpoint in {workdir}/checkpoints", hint="train first")
-    return restored[0], restored[1]
+    step, state, _, loop = restored
+    if state.best_params is not None and loop.get("best_step", -1) < 0:
+        # written before any validation by an engine older than this fix: its best_params may
+        # still be the initial params, so evaluate the EMA or live params instead
+        state = state.replace(best_params=None)
+    return step, state
 
 
 def evaluate(workdir: str, *, config=None, run: Run | None = None,

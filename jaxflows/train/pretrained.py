@@ -74,7 +74,31 @@ def read_tree(path: str) -> PyTree:
             raise ConfigError(f"config.init_from: {path} is neither a jaxflows workdir with a "
                               f"checkpoint nor an Orbax params checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    return jax.tree.map(np.asarray, restored)
+    restored = jax.tree.map(np.asarray, restored)
+    if directory != os.path.abspath(path):
+        restored = _without_stale_best(restored, os.path.dirname(directory))
+    return restored
+
+
+def _without_stale_best(tree: PyTree, step_dir: str) -> PyTree:
+    """``tree`` with ``best_params`` replaced by the EMA (else live) params when the checkpoint in
+    ``step_dir`` was written before any validation (``loop/metadata`` says ``best_step < 0``):
+    older engines left the initial params there until the first validation."""
+    import json
+
+    if not isinstance(tree, Mapping) or tree.get("best_params") is None:
+        return tree
+    try:
+        with open(os.path.join(step_dir, "loop", "metadata")) as f:
+            best_step = int(json.load(f).get("best_step", -1))
+    except (OSError, ValueError, TypeError):
+        return tree
+    if best_step >= 0:
+        return tree
+    tree = dict(tree)
+    tree["best_params"] = (tree.get("ema_params") if tree.get("ema_params") is not None
+                           else tree["params"])
+    return tree
 
 
 def _local_sharding():

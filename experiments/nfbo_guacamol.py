@@ -186,18 +186,17 @@ def main(argv=None) -> int:
     t0, load0 = time.time(), os.getloadavg()[0]
 
     summaries, curves = {}, {}
-    for task in tasks:
-        for method in methods:
-            for seed in seeds:
-                config = run_config(args.setting, task, method, seed, overrides)
-                workdir = os.path.join(args.runs_dir, args.setting, task, f"{method}_s{seed}")
-                ts = time.time()
-                s = one_run(workdir, config)
-                summaries[(task, method, seed)] = s
-                curves[(task, method, seed)] = curve(workdir, s["budget"], s["initial"]["best"])
-                print(f"{task} {method} seed {seed}: best {s['final_best_with_initial']:.4f} "
-                      f"(initial {s['initial']['best']:.4f}), AUC top-10 {s['auc_top10']:.4f}, "
-                      f"{s['iterations']} iterations, {time.time() - ts:.0f} s", flush=True)
+    # seed-major order: a stopped driver leaves every task and method with the same seeds done
+    for seed, task, method in ((s, t, m) for s in seeds for t in tasks for m in methods):
+        config = run_config(args.setting, task, method, seed, overrides)
+        workdir = os.path.join(args.runs_dir, args.setting, task, f"{method}_s{seed}")
+        ts = time.time()
+        s = one_run(workdir, config)
+        summaries[(task, method, seed)] = s
+        curves[(task, method, seed)] = curve(workdir, s["budget"], s["initial"]["best"])
+        print(f"{task} {method} seed {seed}: best {s['final_best_with_initial']:.4f} "
+              f"(initial {s['initial']['best']:.4f}), AUC top-10 {s['auc_top10']:.4f}, "
+              f"{s['iterations']} iterations, {time.time() - ts:.0f} s", flush=True)
 
     from jaxflows.provenance import git_commit, machine_info, write_json_atomic
 

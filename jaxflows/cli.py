@@ -186,6 +186,10 @@ def _cmd_info(args, overrides) -> None:
     print("example: " + ", ".join(f"{k} {v}" for k, v in info["example"].items()))
     print(f"mesh: {info['mesh']}")
     print(f"flops_per_example: {info['flops_per_example']:.4g}")
+    print(f"matmul_flops_per_example: {info['matmul_flops_per_example']:.4g}")
+    print(f"xla_flops_per_example: {info['xla_flops_per_example']:.4g}")  # loop bodies once
+    if "flops_uncounted_loops" in info:  # while loops of unknown trip count, counted once
+        print(f"flops_uncounted_loops: {info['flops_uncounted_loops']}")
     print(f"state_bytes_per_device: {info['state_bytes_per_device']}")
     for key in ("attention", "remat"):  # what the memory estimate assumes (Transformer models)
         if key in info:

@@ -1,8 +1,10 @@
 """``jaxflows info``: parameter count, FLOPs per example and per-device memory of a config.
 
-Nothing is allocated for the parameter count (``jax.eval_shape``). FLOPs come from XLA's cost
-analysis of the lowered train step; memory from the compiled step's memory analysis on the
-config's mesh (when this machine has enough devices), else from the sharded state size alone.
+Nothing is allocated for the parameter count (``jax.eval_shape``). FLOPs are counted on the train
+step's jaxpr (:mod:`jaxflows.train.flops`: scanned layers count once per layer); XLA's cost
+analysis of the lowered step, which counts a scan body once, is kept alongside for comparison.
+Memory comes from the compiled step's memory analysis on the config's mesh (when this machine has
+enough devices), else from the sharded state size alone.
 
 Memory depends on how the model computes attention and what it keeps for the backward pass, so
 for a model config with ``attention`` / ``remat`` keys (the Transformer models) the result names
@@ -19,6 +21,7 @@ import jax
 import numpy as np
 
 from jaxflows.errors import UserError
+from jaxflows.train.flops import step_flops
 from jaxflows.train.task import DataInfo, batch_of
 
 
@@ -59,9 +62,16 @@ def memory_assumptions(config, platform: str) -> dict[str, str]:
 
 
 def model_info(config, *, compile_step: bool = True) -> dict:
-    """Returns ``{params, mesh, example, flops_per_example, state_bytes_per_device,
-    peak_bytes_per_device}``, plus ``attention`` and ``remat`` (see
-    :func:`memory_assumptions`) for Transformer models."""
+    """Returns ``{params, mesh, example, flops_per_example, matmul_flops_per_example,
+    xla_flops_per_example, state_bytes_per_device, peak_bytes_per_device}``, plus ``attention``
+    and ``remat`` (see :func:`memory_assumptions`) for Transformer models.
+
+    ``flops_per_example`` / ``matmul_flops_per_example``: executed FLOPs of one train step
+    (forward, backward, any rematerialisation, optimizer update) divided by the batch size,
+    counted on the jaxpr (:func:`jaxflows.train.flops.step_flops`); ``xla_flops_per_example``:
+    XLA's cost analysis of the same step, which counts each scan/while body once.
+    ``flops_uncounted_loops`` is added when the step has ``while`` loops of unknown trip count
+    (their bodies counted once)."""
     from jaxflows.train.loop import build
 
     run = build(config, _info_data(config))
@@ -74,11 +84,16 @@ def model_info(config, *, compile_step: bool = True) -> dict:
     b = config.train.batch_size
     batch = batch_of(run.example_spec, b, sharding=run.batch_sharding)
     with jax.set_mesh(run.mesh):
+        counted = step_flops(run.train_step, state, batch)
+        out["flops_per_example"] = counted["flops"] / b
+        out["matmul_flops_per_example"] = counted["matmul_flops"] / b
+        if counted["uncounted_loops"]:
+            out["flops_uncounted_loops"] = counted["uncounted_loops"]
         lowered = run.train_step.lower(state, batch)
         cost = lowered.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-        out["flops_per_example"] = flops / b
+        out["xla_flops_per_example"] = flops / b
         # per-device share of the state, from each leaf's sharding
         per_dev = 0
         for leaf in jax.tree.leaves(state):

@@ -23,7 +23,9 @@ auc_top10_mean, auc_top10_sem, seconds_per_iteration, iterations_mean, seconds_p
 * ``_sem``: the standard error over seeds.
 
 ``curves`` holds the mean and sem of the best-so-far score against oracle calls for every task
-and method; the PNG next to the JSON draws them.
+and method; the PNG next to the JSON draws them. ``summary_rows`` has one row per task (final
+best ``mean ± sem`` per method, ``nfbo_ge_all_baselines``, ``tacs_on_minus_off``) and
+``comparison`` the number of tasks where NF-BO's mean final best is >= each baseline's.
 
     python experiments/nfbo_guacamol.py --setting small --seeds 0,1,2,3,4
     python experiments/nfbo_guacamol.py --setting smoke --tasks adip --methods random,nfbo \\
@@ -120,6 +122,8 @@ def aggregate(tasks, methods, seeds, summaries: dict, curves: dict) -> tuple:
                 "seconds_per_run": float(np.mean([r.get("iteration_seconds_total", np.nan)
                                                   + r.get("setup_seconds", 0.0) for r in runs])),
                 "initial_best": float(runs[0]["initial"]["best"]),
+                "compiles_later_iterations_max": int(max(
+                    r["compile_counts"]["later_iterations"] for r in runs)),
             })
             c = np.stack([curves[(task, method, s)] for s in seeds])
             step = max(1, c.shape[1] // MAX_CURVE_POINTS)
@@ -129,6 +133,38 @@ def aggregate(tasks, methods, seeds, summaries: dict, curves: dict) -> tuple:
                 "sem": (c.std(0, ddof=1) / np.sqrt(len(c)))[calls - 1].round(6).tolist()
                 if len(c) > 1 else None}
     return rows, table
+
+
+BASELINES = ("random", "lsbo", "nfbo_no_tacs")
+
+
+def summary_rows(rows: list[dict]) -> tuple[list[dict], dict]:
+    """One row per task (final best ``mean ± sem`` per method, whether NF-BO's mean is >= every
+    baseline's, the TACS on - off difference) and the counts over tasks, for the README."""
+    by = {(r["task"], r["method"]): r for r in rows}
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out, wins = [], {b: 0 for b in BASELINES if b in methods}
+    for task in tasks:
+        row = {"task": task, "initial_best": by[(task, methods[0])]["initial_best"]}
+        for m in methods:
+            r = by[(task, m)]
+            e = r["final_best_sem"]
+            row[m] = f"{r['final_best_mean']:.3f}" + (f" ± {e:.3f}" if e is not None else "")
+        if "nfbo" in methods:
+            nf = by[(task, "nfbo")]["final_best_mean"]
+            ge = {b: nf >= by[(task, b)]["final_best_mean"] for b in wins}
+            for b, ok in ge.items():
+                wins[b] += int(ok)
+            row["nfbo_ge_all_baselines"] = all(ge.values())
+            if "nfbo_no_tacs" in methods:
+                row["tacs_on_minus_off"] = nf - by[(task, "nfbo_no_tacs")]["final_best_mean"]
+        out.append(row)
+    counts = {"tasks": len(tasks),
+              "nfbo_ge_baseline_tasks": wins,
+              "nfbo_ge_all_baselines_tasks": sum(bool(r.get("nfbo_ge_all_baselines"))
+                                                 for r in out)}
+    return out, counts
 
 
 def plot(path: str, table: dict, title: str) -> str:
@@ -201,6 +237,7 @@ def main(argv=None) -> int:
     from jaxflows.provenance import git_commit, machine_info, write_json_atomic
 
     rows, table = aggregate(tasks, methods, seeds, summaries, curves)
+    summary, counts = summary_rows(rows)
     png = os.path.splitext(out)[0] + ".png"
     first = next(iter(summaries.values()))
     result = {
@@ -220,6 +257,8 @@ def main(argv=None) -> int:
         "columns": ["task", "method", "n_seeds", "final_best_mean", "final_best_sem",
                     "auc_top10_mean", "seconds_per_iteration"],
         "rows": rows,
+        "summary_rows": summary,
+        "comparison": counts,
         "curves": table,
         "curves_png": os.path.basename(png),
         "command": " ".join(shlex.quote(a) for a in

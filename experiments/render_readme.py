@@ -1,6 +1,7 @@
 """Refreshes the tables in experiments/README.md from experiments/results/*.json.
 
-Each block between ``<!-- table:NAME -->`` and ``<!-- /table -->`` is replaced by
+Each block between ``<!-- table:NAME -->`` (or ``<!-- table:NAME:KEY -->`` for the list
+``KEY`` of the results file instead of ``rows``) and ``<!-- /table -->`` is replaced by
 ``jaxflows table NAME``; run ``python experiments/render_readme.py`` after new results land.
 """
 
@@ -21,11 +22,12 @@ def main() -> None:
         text = f.read()
 
     def repl(m):
-        name = m.group(1)
-        return f"<!-- table:{name} -->\n{render_table(name, os.path.join(HERE, 'results'))}\n" \
-               "<!-- /table -->"
+        name, key = m.group(1), m.group(2) or "rows"
+        tag = f"{name}:{key}" if m.group(2) else name
+        table = render_table(name, os.path.join(HERE, "results"), rows_key=key)
+        return f"<!-- table:{tag} -->\n{table}\n<!-- /table -->"
 
-    text = re.sub(r"<!-- table:(\w+) -->.*?<!-- /table -->", repl, text, flags=re.S)
+    text = re.sub(r"<!-- table:(\w+)(?::(\w+))? -->.*?<!-- /table -->", repl, text, flags=re.S)
     with open(path, "w") as f:
         f.write(text)
     print(f"updated {path}")

@@ -39,8 +39,9 @@ def render_rows(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_table(name: str, results_dir: str | None = None) -> str:
-    """Markdown for one results file: provenance lines, then the rows table."""
+def render_table(name: str, results_dir: str | None = None, rows_key: str = "rows") -> str:
+    """Markdown for one results file: provenance lines, then the table of ``results[rows_key]``
+    (``rows`` by default; another list of dicts, e.g. a per-task summary, when given)."""
     path = os.path.join(results_dir or DEFAULT_RESULTS_DIR, f"{name}.json")
     if not os.path.exists(path):
         known = sorted(f[:-5] for f in os.listdir(os.path.dirname(path) or ".")
@@ -55,5 +56,9 @@ def render_table(name: str, results_dir: str | None = None) -> str:
             value = results[key]
             value = f"`{value}`" if key == "command" else value
             out.append(f"- **{key}**: {value}")
-    out += ["", render_rows(results["rows"], results.get("columns"))]
+    if rows_key not in results:
+        lists = [k for k, v in results.items() if isinstance(v, list)]
+        raise UserError(f"{path} has no {rows_key!r} list", hint=f"lists: {', '.join(lists)}")
+    columns = results.get("columns") if rows_key == "rows" else None
+    out += ["", render_rows(results[rows_key], columns)]
     return "\n".join(out)

@@ -1,0 +1,64 @@
+"""experiments/nfbo_guacamol.py's aggregation: rows over seeds, the per-task summary, the NF-BO vs
+baseline counts, and the README renderer of a summary list."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxflows.errors import UserError
+from jaxflows.eval.tables import render_table
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def driver():
+    spec = importlib.util.spec_from_file_location(
+        "nfbo_driver", os.path.join(REPO, "experiments", "nfbo_guacamol.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(best, later_compiles=0):
+    return {"final_best_with_initial": best, "final_best": best, "auc_top10": best / 2,
+            "seconds_per_iteration_after_first": 2.0, "seconds_per_iteration": 3.0,
+            "iterations": 10, "iteration_seconds_total": 20.0, "setup_seconds": 1.0,
+            "initial": {"best": 0.1},
+            "compile_counts": {"later_iterations": later_compiles}}
+
+
+def test_aggregate_and_summary(driver, tmp_path):
+    tasks, methods, seeds = ["adip", "med2"], list(driver.METHODS), [0, 1, 2]
+    best = {("adip", "random"): [0.2, 0.3, 0.4], ("adip", "lsbo"): [0.3, 0.3, 0.3],
+            ("adip", "nfbo_no_tacs"): [0.5, 0.5, 0.5], ("adip", "nfbo"): [0.6, 0.6, 0.9],
+            ("med2", "random"): [0.2, 0.2, 0.2], ("med2", "lsbo"): [0.4, 0.4, 0.4],
+            ("med2", "nfbo_no_tacs"): [0.1, 0.1, 0.1], ("med2", "nfbo"): [0.3, 0.3, 0.3]}
+    summaries = {(t, m, s): _summary(best[(t, m)][i], later_compiles=int(m == "lsbo"))
+                 for t in tasks for m in methods for i, s in enumerate(seeds)}
+    curves = {k: np.linspace(0.1, v["final_best_with_initial"], 20)
+              for k, v in summaries.items()}
+    rows, table = driver.aggregate(tasks, methods, seeds, summaries, curves)
+    r = {(x["task"], x["method"]): x for x in rows}
+    assert r[("adip", "nfbo")]["final_best_mean"] == pytest.approx(0.7)
+    assert r[("adip", "nfbo")]["final_best_sem"] == pytest.approx(
+        np.std([0.6, 0.6, 0.9], ddof=1) / np.sqrt(3))
+    assert r[("adip", "lsbo")]["compiles_later_iterations_max"] == 1
+    assert table["med2"]["nfbo"]["mean"][-1] == pytest.approx(0.3)
+    summary, counts = driver.summary_rows(rows)
+    s = {x["task"]: x for x in summary}
+    assert s["adip"]["nfbo_ge_all_baselines"] and not s["med2"]["nfbo_ge_all_baselines"]
+    assert s["adip"]["tacs_on_minus_off"] == pytest.approx(0.2)
+    assert s["adip"]["nfbo"].startswith("0.700 ± ")
+    assert counts == {"tasks": 2, "nfbo_ge_all_baselines_tasks": 1,
+                      "nfbo_ge_baseline_tasks": {"random": 2, "lsbo": 1, "nfbo_no_tacs": 2}}
+
+    (tmp_path / "x.json").write_text(json.dumps({"title": "T", "command": "c", "rows": rows,
+                                                 "summary_rows": summary}))
+    md = render_table("x", str(tmp_path), rows_key="summary_rows")
+    assert "| task | initial_best | random |" in md and "0.700 ± " in md
+    with pytest.raises(UserError, match="no 'missing' list"):
+        render_table("x", str(tmp_path), rows_key="missing")

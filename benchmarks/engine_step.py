@@ -30,3 +30,13 @@ def flops_of(compiled) -> float:
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", float("nan")))
+
+
+def model_flops(run, state, batch) -> float:
+    """FLOPs of one train step counted on its jaxpr (scanned layers once per layer; see
+    :mod:`jaxflows.train.flops`), unlike XLA's cost analysis of the compiled step, which counts
+    a ``scan`` body once."""
+    from jaxflows.train.flops import step_flops
+
+    with jax.set_mesh(run.mesh):
+        return float(step_flops(run.train_step, state, batch)["flops"])

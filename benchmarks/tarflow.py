@@ -27,7 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from engine_step import compiled_engine_step, flops_of
+from engine_step import compiled_engine_step, flops_of, model_flops
 
 from jaxflows.models import tarflow_sampling as ts
 from jaxflows.models.tarflow import count_params
@@ -85,7 +85,7 @@ def bench(size: str, args) -> dict:
     run, state, batch, compiled, compile_s = compiled_engine_step(
         config, DataInfo.for_images(IMAGE, 0, 10_000), local)
     task = run.task
-    flops = flops_of(compiled)
+    flops, xla_flops = model_flops(run, state, batch), flops_of(compiled)
     state, metrics = _block(compiled(state, batch))
     t = time.perf_counter()
     for _ in range(args.steps):
@@ -98,7 +98,7 @@ def bench(size: str, args) -> dict:
         "model": size, "image": "x".join(map(str, IMAGE)), "dtype": args.dtype,
         "num_params": count_params(task.model), "batch": b,
         "train_compile_s": compile_s, "train_step_ms": 1e3 * step_s,
-        "train_examples_per_s": b / step_s, "step_flops": flops,
+        "train_examples_per_s": b / step_s, "step_flops": flops, "xla_step_flops": xla_flops,
         "achieved_flops_per_s": flops / step_s, "mfu": flops / step_s / args.peak,
         "final_loss": float(metrics["loss"]),
     }

@@ -34,6 +34,12 @@ learning ~e^6 contractions of the always-black background before anything else.
 The flow arithmetic (proj_in, proj_out, affine maps, log-dets) is float32; Transformer matmuls
 run in ``config.dtype``.
 
+:class:`MetaBlock` is the autoregressive block core shared with STARFlow
+(:mod:`jaxflows.models.starflow`): its options (``shift``, ``scale``, ``soft_clip``,
+``final_norm``, ``positions``, a conditioning prefix) default to TarFlow's block, so TarFlow's
+parameter tree and numbers are unchanged; the KV-cache inverse loop
+(:func:`jaxflows.models.tarflow_sampling.invert_block`) serves both.
+
 This module holds the flow itself (modules and pure helpers). Sampling lives in
 :mod:`jaxflows.models.tarflow_sampling`, ``config.model`` (defaults, validation, building the
 model) in :mod:`jaxflows.models.tarflow_config`, and the training task in
@@ -49,10 +55,13 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxflows.errors import ConfigError
 from jaxflows.models import tarflow_sampling as ts
+from jaxflows.nn.norms import rms_norm
 from jaxflows.nn.patches import check_patch_size, patchify
+from jaxflows.nn.rope import rope_table
 from jaxflows.nn.transformer import Transformer, torch_uniform_init
 
 Dtype = Any
@@ -62,8 +71,45 @@ def _lp(init, names):
     return nn.with_logical_partitioning(init, names)
 
 
+#: ``MetaBlock.shift``: ``'output'`` (TarFlow) or ``'sos'`` (STARFlow)
+SHIFTS = ("output", "sos")
+#: ``MetaBlock.scale``: ``'exp'`` (TarFlow) or ``'softplus'`` (STARFlow)
+SCALES = ("exp", "softplus")
+#: ``MetaBlock.positions``: ``'learned'`` (TarFlow ``pos_embed``) or ``'rope'`` (STARFlow)
+POSITIONS = ("learned", "rope")
+#: ``log(e - 1)``: ``softplus(0 + INV_SOFTPLUS_1) = 1`` (STARFlow's scale offset)
+INV_SOFTPLUS_1 = math.log(math.e - 1.0)
+
+
+def scale_sigma(a: jax.Array, scale: str) -> jax.Array:
+    """The scale ``sigma`` of a head's first half ``a`` (float32, any shape): ``exp(a)``
+    (``'exp'``) or ``softplus(a + log(e - 1))`` (``'softplus'``, 1 at ``a = 0``)."""
+    a = a.astype(jnp.float32)
+    if scale == "softplus":
+        return jax.nn.softplus(a + INV_SOFTPLUS_1)
+    return jnp.exp(a)
+
+
+def scale_log_sigma(a: jax.Array, scale: str) -> jax.Array:
+    """``log sigma`` of :func:`scale_sigma` (``a`` itself for ``'exp'``)."""
+    if scale == "softplus":
+        return jnp.log(scale_sigma(a, scale))
+    return a.astype(jnp.float32)
+
+
 class MetaBlock(nn.Module):
-    """One TarFlow flow block on tokens ``[B, N, D]`` (see the module docstring).
+    """One autoregressive flow block on tokens ``[B, N, D]``: TarFlow's (the defaults, see the
+    module docstring) or STARFlow's (:mod:`jaxflows.models.starflow`).
+
+    Data -> noise in the block's own token order (reversed if ``flip``): the input sequence is
+    ``x`` itself (``shift='output'``) or ``[sos, x_0 .. x_{N-2}]`` (``shift='sos'``), embedded
+    by ``proj_in`` (plus ``pos_embed`` or, with RoPE, nothing) and an optional class embedding;
+    an optional conditioning prefix ``[B, T, E]`` goes through ``proj_txt`` and is prepended
+    under the same causal mask; the Transformer's outputs at the image tokens go through an
+    optional final RMSNorm and ``proj_out`` to ``(a, b)`` (optionally soft-clipped,
+    ``c tanh(out / c)``), shifted right by one token for ``shift='output'`` (token 0 then gets
+    ``(0, 0)``, the identity). With ``sigma = exp(a)`` or ``softplus(a + log(e-1))``:
+    ``z = (x - b) / sigma``, log-det ``-log sigma`` per element.
 
     Attributes:
       in_dim: token size ``D``.
@@ -71,7 +117,7 @@ class MetaBlock(nn.Module):
       num_tokens: ``N``.
       num_layers: Transformer layers ``K``.
       head_dim, mlp_ratio: Transformer layout.
-      num_classes: 0 for unconditional.
+      num_classes: 0 for unconditional; else TarFlow's per-block ``class_embed``.
       nvp: affine (True) or volume-preserving shift-only (False).
       flip: reverse the token order inside this block.
       dtype: Transformer matmul dtype.
@@ -80,6 +126,18 @@ class MetaBlock(nn.Module):
         ``jax.checkpoint_policies`` name) or a bool (``True`` = ``'full'``).
       attention_impl: see :class:`jaxflows.nn.transformer.TransformerLayer`.
       max_log_scale: > 0 soft-clamps the log-scale, ``a = c tanh(a / c)`` (0 = off, official).
+      shift: one of :data:`SHIFTS`: ``'output'`` (TarFlow) or ``'sos'`` (a learned input token
+        ``sos_embed [1, 1, D]``; every token is transformed).
+      scale: one of :data:`SCALES`.
+      soft_clip: > 0 applies ``c tanh(out / c)`` to all ``proj_out`` outputs (STARFlow: 4).
+      final_norm: RMSNorm ``(1 + w)`` (``final_norm_scale``, zeros) before ``proj_out``.
+      positions: one of :data:`POSITIONS`.
+      grid: ``(rows, cols)`` of the tokens for RoPE (``None`` = ``(1, N)``).
+      rope_prefix_axis: RoPE with the third (prefix) axis: set on every block of a conditional
+        STARFlow, prefix or not (:mod:`jaxflows.nn.rope`).
+      rope_ref_len: RoPE reference length (0 = ``sqrt(rows * cols)``).
+      prefix_len, prefix_dim: ``T, E`` of the conditioning prefix (0 = none); params
+        ``proj_txt_kernel [E, C]``, ``proj_txt_bias [C]``.
     """
 
     in_dim: int
@@ -95,17 +153,55 @@ class MetaBlock(nn.Module):
     remat: bool | str = False
     attention_impl: str = "einsum"
     max_log_scale: float = 0.0
+    shift: str = "output"
+    scale: str = "exp"
+    soft_clip: float = 0.0
+    final_norm: bool = False
+    positions: str = "learned"
+    grid: tuple[int, int] | None = None
+    rope_prefix_axis: bool = False
+    rope_ref_len: float = 0.0
+    prefix_len: int = 0
+    prefix_dim: int = 0
+
+    def _check(self):
+        for name, value, allowed in (("shift", self.shift, SHIFTS), ("scale", self.scale, SCALES),
+                                     ("positions", self.positions, POSITIONS)):
+            if value not in allowed:
+                raise ConfigError(f"MetaBlock {name}={value!r}; use one of {', '.join(allowed)}")
+        if self.soft_clip < 0:
+            raise ConfigError(f"MetaBlock soft_clip={self.soft_clip} must be >= 0 (0 = off)")
+        if bool(self.prefix_len) != bool(self.prefix_dim) or min(self.prefix_len,
+                                                                 self.prefix_dim) < 0:
+            raise ConfigError(f"MetaBlock prefix_len={self.prefix_len} and prefix_dim="
+                              f"{self.prefix_dim} must both be positive or both 0")
+        if self.prefix_len and self.positions == "rope" and not self.rope_prefix_axis:
+            raise ConfigError("a RoPE MetaBlock with a prefix needs rope_prefix_axis=True")
+        if not self.nvp and self.scale != "exp":
+            raise ConfigError("the volume-preserving mode (nvp=False) has no scale to choose")
+        rows, cols = self.token_grid
+        if rows * cols != self.num_tokens:
+            raise ConfigError(f"MetaBlock grid {rows}x{cols} does not hold {self.num_tokens} "
+                              "tokens")
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the tokens (RoPE positions)."""
+        return tuple(self.grid) if self.grid is not None else (1, self.num_tokens)
 
     def setup(self):
-        """Declares proj_in, pos_embed, class_embed, the Transformer and proj_out."""
+        """Declares proj_in, pos_embed or RoPE, sos_embed, class_embed, proj_txt, the
+        Transformer, final_norm and proj_out (each only where its option asks for it)."""
+        self._check()
         d, c, n = self.in_dim, self.width, self.num_tokens
         out = 2 * d if self.nvp else d
         self.proj_in_kernel = self.param(
             "proj_in_kernel", _lp(torch_uniform_init(d), ("latent", "embed")), (d, c))
         self.proj_in_bias = self.param(
             "proj_in_bias", _lp(torch_uniform_init(d), ("embed",)), (c,))
-        self.pos_embed = self.param(
-            "pos_embed", _lp(nn.initializers.normal(0.01), ("seq", "embed")), (n, c))
+        if self.positions == "learned":
+            self.pos_embed = self.param(
+                "pos_embed", _lp(nn.initializers.normal(0.01), ("seq", "embed")), (n, c))
         if self.num_classes:
             self.class_embed = self.param(
                 "class_embed", _lp(nn.initializers.normal(0.01), (None, "embed")),
@@ -117,6 +213,20 @@ class MetaBlock(nn.Module):
             "proj_out_kernel", _lp(nn.initializers.zeros, ("embed", "latent")), (c, out))
         self.proj_out_bias = self.param(
             "proj_out_bias", _lp(torch_uniform_init(c), ("latent",)), (out,))
+        if self.shift == "sos":
+            self.sos_embed = self.param(
+                "sos_embed", _lp(nn.initializers.normal(1.0), (None, None, "latent")), (1, 1, d))
+        if self.prefix_dim:
+            e = self.prefix_dim
+            self.proj_txt_kernel = self.param(
+                "proj_txt_kernel", _lp(torch_uniform_init(e), (None, "embed")), (e, c))
+            self.proj_txt_bias = self.param(
+                "proj_txt_bias", _lp(torch_uniform_init(e), ("embed",)), (c,))
+        if self.final_norm:
+            self.final_norm_scale = self.param(
+                "final_norm_scale", _lp(nn.initializers.zeros, ("embed",)), (c,))
+
+    # --- pieces
 
     def _cond(self, y: jax.Array | None) -> jax.Array | float:
         """Class embedding ``[B, 1, C]`` (label -1 or ``y=None`` -> mean embedding), or 0."""
@@ -129,8 +239,55 @@ class MetaBlock(nn.Module):
         emb = jnp.where((y >= 0)[:, None], self.class_embed[jnp.clip(y, 0)], mean)
         return emb[:, None, :]
 
+    def _rope(self) -> tuple[jax.Array, jax.Array] | None:
+        """RoPE ``(cos, sin)`` ``[prefix_len + N, Dh]`` indexed by sequence index, or None."""
+        if self.positions != "rope":
+            return None
+        rows, cols = self.token_grid
+        cos, sin = rope_table(self.head_dim, rows, cols, self.prefix_len, self.rope_prefix_axis,
+                              self.rope_ref_len)
+        return jnp.asarray(cos), jnp.asarray(sin)
+
+    def _embed(self, inp: jax.Array, start: jax.Array | int, y: jax.Array | None) -> jax.Array:
+        """Input rows ``[B, L, D]`` at sequence indices ``start ..`` -> ``[B, L, C]`` float32."""
+        h = inp.astype(jnp.float32) @ self.proj_in_kernel + self.proj_in_bias
+        if self.positions == "learned":
+            pos = ts.permute_tokens(self.pos_embed[None], self.flip)
+            h = h + lax.dynamic_slice_in_dim(pos, jnp.asarray(start, jnp.int32), inp.shape[1],
+                                             axis=1)
+        return h + self._cond(y)
+
+    def _embed_prefix(self, prefix: jax.Array) -> jax.Array:
+        """``prefix: [B, T, E]`` -> ``proj_txt(prefix)`` ``[B, T, C]`` float32."""
+        if prefix.ndim != 3 or prefix.shape[1:] != (self.prefix_len, self.prefix_dim):
+            raise ValueError(f"prefix of shape {prefix.shape}; this block takes [B, "
+                             f"{self.prefix_len}, {self.prefix_dim}]")
+        return prefix.astype(jnp.float32) @ self.proj_txt_kernel + self.proj_txt_bias
+
+    def _check_prefix(self, prefix: jax.Array | None):
+        if self.prefix_len and prefix is None:
+            raise ValueError("this block is conditioned on a prefix [B, T, E]; pass one")
+        if not self.prefix_len and prefix is not None:
+            raise ValueError("this block takes no prefix")
+
+    def sos_tokens(self, batch: int) -> jax.Array:
+        """The SOS input row ``[batch, 1, D]`` float32 (``shift='sos'`` only)."""
+        return jnp.broadcast_to(self.sos_embed, (batch, 1, self.in_dim)).astype(jnp.float32)
+
+    def _inputs(self, xp: jax.Array) -> jax.Array:
+        """Input sequence of the full pass: ``xp`` or ``[sos, xp_0 .. xp_{N-2}]``."""
+        if self.shift == "sos":
+            return jnp.concatenate([self.sos_tokens(xp.shape[0]), xp[:, :-1]], axis=1)
+        return xp
+
     def _head(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = h.astype(jnp.float32) @ self.proj_out_kernel + self.proj_out_bias
+        """Transformer outputs ``[B, L, C]`` -> raw ``(a, b)`` each ``[B, L, D]`` float32."""
+        h = h.astype(jnp.float32)
+        if self.final_norm:
+            h = rms_norm(h, self.final_norm_scale)
+        out = h @ self.proj_out_kernel + self.proj_out_bias
+        if self.soft_clip > 0:
+            out = self.soft_clip * jnp.tanh(out / self.soft_clip)
         if self.nvp:
             a = out[..., : self.in_dim]
             if self.max_log_scale > 0:  # bounded expansion per block: no exp overflow cascade
@@ -138,26 +295,72 @@ class MetaBlock(nn.Module):
             return a, out[..., self.in_dim :]
         return jnp.zeros_like(out), out
 
+    # --- full (parallel) pass
+
     def affine_params(
-        self, xp: jax.Array, y: jax.Array | None = None, attn_temp: float | jax.Array = 1.0
+        self, xp: jax.Array, y: jax.Array | None = None, attn_temp: float | jax.Array = 1.0,
+        prefix: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Full causal pass. ``xp: [B, N, D]`` in this block's order -> ``(a, b)`` each
-        ``[B, N, D]`` float32, already shifted so row ``i`` depends on tokens ``< i`` only."""
-        pos = ts.permute_tokens(self.pos_embed[None], self.flip)
-        h = xp.astype(jnp.float32) @ self.proj_in_kernel + self.proj_in_bias + pos + self._cond(y)
-        h, _ = self.transformer(h, attn_temp)
-        a, b = self._head(h)
+        """Full causal pass. ``xp: [B, N, D]`` in this block's order (``prefix: [B, T, E]`` or
+        None) -> raw ``(a, b)`` each ``[B, N, D]`` float32, aligned so row ``i`` holds token
+        ``i``'s parameters and depends on tokens ``< i`` only (TarFlow's row 0 is ``(0, 0)``)."""
+        self._check_prefix(prefix)
+        h = self._embed(self._inputs(xp), 0, y)
+        if self.prefix_len:
+            h = jnp.concatenate([self._embed_prefix(prefix), h], axis=1)
+        h, _ = self.transformer(h, attn_temp, rope=self._rope())
+        a, b = self._head(h[:, self.prefix_len:])
+        if self.shift == "sos":
+            return a, b
         pad = jnp.zeros_like(a[:, :1])
         return (jnp.concatenate([pad, a[:, :-1]], axis=1),
                 jnp.concatenate([pad, b[:, :-1]], axis=1))
 
-    def __call__(self, x: jax.Array, y: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """Data -> noise direction. ``x: [B, N, D]`` (natural order) -> ``(z [B, N, D],
-        logdet [B])`` with the log-det per dimension (``-mean(a)``)."""
+    def _forward(self, x, y, prefix):
+        """``(z [B, N, D]`` natural order, ``logdet [B, N, D]`` in this block's order)."""
         xp = ts.permute_tokens(x.astype(jnp.float32), self.flip)
-        a, b = self.affine_params(xp, y)
-        z = (xp - b) * jnp.exp(-a)
-        return ts.permute_tokens(z, self.flip), -jnp.mean(a, axis=(1, 2))
+        a, b = self.affine_params(xp, y, prefix=prefix)
+        if self.scale == "exp":
+            z = (xp - b) * jnp.exp(-a)
+        else:
+            z = (xp - b) / scale_sigma(a, self.scale)
+        return ts.permute_tokens(z, self.flip), -scale_log_sigma(a, self.scale)
+
+    def forward_elementwise(
+        self, x: jax.Array, y: jax.Array | None = None, prefix: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """Data -> noise. ``x: [B, N, D]`` (natural order) -> ``(z [B, N, D], logdet
+        [B, N, D])``, both in natural token order, the log-det ``-log sigma`` per element."""
+        z, logdet = self._forward(x, y, prefix)
+        return z, ts.permute_tokens(logdet, self.flip)
+
+    def __call__(
+        self, x: jax.Array, y: jax.Array | None = None, prefix: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """Data -> noise direction. ``x: [B, N, D]`` (natural order) -> ``(z [B, N, D],
+        logdet [B])`` with the log-det per dimension (``-mean(log sigma)``)."""
+        z, logdet = self._forward(x, y, prefix)
+        return z, jnp.mean(logdet, axis=(1, 2))
+
+    # --- cached (sequential) pass
+
+    @property
+    def cache_len(self) -> int:
+        """KV-cache positions this block needs: ``prefix_len + N``."""
+        return self.prefix_len + self.num_tokens
+
+    def prefill(
+        self, prefix: jax.Array, cache: tuple[jax.Array, jax.Array],
+        attn_temp: float | jax.Array = 1.0,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Writes the prefix ``[B, T, E]`` into cache positions ``0 .. T-1``; returns the cache
+        (``(k, v)`` each ``[K, B, T + N, H, Dh]``)."""
+        h = self._embed_prefix(prefix)
+        rope = self._rope()
+        if rope is not None:
+            rope = (rope[0][: self.prefix_len], rope[1][: self.prefix_len])
+        _, cache = self.transformer(h, attn_temp, cache, 0, rope)
+        return cache
 
     def step(
         self,
@@ -167,18 +370,21 @@ class MetaBlock(nn.Module):
         y: jax.Array | None = None,
         attn_temp: float | jax.Array = 1.0,
     ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array]]:
-        """Cached pass over the tokens at positions ``start .. start+L-1`` (this block's order).
+        """Cached pass over the input rows at sequence indices ``start .. start+L-1`` (this
+        block's order; the prefix, if any, sits before index 0 in the cache).
 
-        ``x_chunk: [B, L, D]``; ``cache``: ``(k, v)`` each ``[K, B, N, H, Dh]``. Returns
-        ``(a, b)`` each ``[B, L, D]`` -- the parameters of the tokens at ``start+1 .. start+L``
-        -- and the updated cache.
+        ``x_chunk: [B, L, D]`` (for ``shift='sos'`` input row 0 is :meth:`sos_tokens`);
+        ``cache``: ``(k, v)`` each ``[K, B, T + N, H, Dh]``. Returns raw ``(a, b)`` each
+        ``[B, L, D]`` -- the parameters of the tokens at ``start+1 .. start+L``
+        (``shift='output'``) or ``start .. start+L-1`` (``shift='sos'``) -- and the cache.
         """
         length = x_chunk.shape[1]
-        pos = ts.permute_tokens(self.pos_embed[None], self.flip)
-        pos = jax.lax.dynamic_slice_in_dim(pos, jnp.asarray(start, jnp.int32), length, axis=1)
-        h = (x_chunk.astype(jnp.float32) @ self.proj_in_kernel + self.proj_in_bias + pos
-             + self._cond(y))
-        h, cache = self.transformer(h, attn_temp, cache, start)
+        h = self._embed(x_chunk, start, y)
+        pos = jnp.asarray(start, jnp.int32) + self.prefix_len
+        rope = self._rope()
+        if rope is not None:
+            rope = tuple(lax.dynamic_slice_in_dim(r, pos, length, axis=0) for r in rope)
+        h, cache = self.transformer(h, attn_temp, cache, pos, rope)
         a, b = self._head(h)
         return a, b, cache
 

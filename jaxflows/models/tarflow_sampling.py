@@ -9,6 +9,8 @@ numbers, see :mod:`jaxflows.nn.patches`). They are pure and jit-able (``model`` 
 unchanged; for ``i = 0 .. N-2`` token ``i`` is fed through the block (its keys/values appended to
 a preallocated cache ``[K, B, N, H, Dh]`` at position ``i``), giving the log-scale ``a`` and shift
 ``b`` of token ``i+1``: ``x[i+1] = z[i+1] * exp(a) + b``. This runs inside one ``lax.scan``.
+The loop itself, :func:`invert_block`, is shared with STARFlow
+(:mod:`jaxflows.models.starflow_sampling`), whose blocks start from an SOS token instead.
 
 **Guidance** (``guidance = w != 0``): the batch is doubled into one cache of size ``2B``: the
 first half is the conditional pass (the class label, attention temperature 1), the second the
@@ -69,7 +71,9 @@ class SampleOptions:
     jacobi_tol: float = 1e-6
 
 
-def _apply_block(model, params, t: int, name: str):
+def apply_block(model, params, t: int, name: str) -> Callable:
+    """``fn(*args)`` calling method ``name`` of ``model.blocks[t]`` with ``params``."""
+
     def fn(*args):
         return model.apply({"params": params}, *args,
                            method=lambda m, *a: getattr(m.blocks[t], name)(*a))
@@ -106,53 +110,80 @@ def _guide(a, b, positions, num_tokens: int, opts: SampleOptions):
     return ac + g * (ac - au), bc + g * (bc - bu)
 
 
-def reverse_block(
-    model, params, t: int, x: jax.Array, y: jax.Array | None, opts: SampleOptions
+def invert_block(
+    step: Callable,
+    combine: Callable,
+    zp: jax.Array,
+    cache: tuple[jax.Array, jax.Array],
+    sos: jax.Array | None = None,
+    doubled: bool = False,
+    jacobi_chunk: int = 0,
+    jacobi_max_iters: int = 32,
+    jacobi_tol: float = 1e-6,
 ) -> jax.Array:
-    """Inverts block ``t``: ``x: [B, N, D]`` (noise side, natural token order) -> data side.
+    """Inverts one autoregressive flow block in its own token order (shared by TarFlow and
+    STARFlow): ``zp: [B, N, D]`` (noise side) -> ``xp: [B, N, D]`` (data side).
 
-    Sequential (``lax.scan`` over tokens) or Jacobi (``lax.scan`` over chunks with a
-    ``lax.while_loop`` of fixed-point iterations), with a fixed-size KV cache.
+    The input rows live in a buffer of ``N + 1`` rows: ``[zp, 0]`` for TarFlow's output shift
+    (``sos=None``: input row ``i`` is token ``i``, token 0 stays as it is, ``N - 1`` steps) or
+    ``[sos, zp]`` for STARFlow's SOS shift (``sos: [B, 1, D]``; input row ``i`` is the SOS or
+    token ``i - 1``, ``N`` steps). In both, the input at row ``i`` gives the parameters of buffer
+    row ``i + 1``: ``x = z * sigma + mu``.
+
+    Args:
+      step: ``(inp [BB, L, D], start, cache) -> (a, b, cache)``, the cached pass over input rows
+        ``start .. start+L-1`` (``BB = 2B`` when ``doubled``).
+      combine: ``(a, b [BB, L, D], positions [L]) -> (sigma, mu) [B, L, D]`` (guidance, if any).
+      zp: noise ``[B, N, D]`` in the block's order.
+      cache: the KV cache (already holding a prefix, if any).
+      sos: the SOS row ``[B, 1, D]`` or ``None``.
+      doubled: feed every input row twice (``[cond; uncond]`` halves of one batch).
+      jacobi_chunk: 0 = sequential ``lax.scan`` over tokens; ``L > 0`` = block-parallel Jacobi
+        over chunks of ``L`` input rows (``L`` must divide ``N``), the noise as the first guess,
+        iterating until ``mean((new-old)^2) / mean(new^2) <= jacobi_tol`` or
+        ``jacobi_max_iters`` iterations.
     """
-    flip = model.block_flip(t)
-    b, n, d = x.shape
-    xp = permute_tokens(x, flip)
-    y2, temps = _pass_inputs(y, b, opts)
-    bb = b if opts.guidance == 0 else 2 * b
-    dup = (lambda v: v) if opts.guidance == 0 else _double
-    cache = init_cache(model.layers_per_block, bb, n, model.width // model.head_dim,
-                       model.head_dim, model.dtype)
-    step = _apply_block(model, params, t, "step")
+    b, n, d = zp.shape
+    dup = _double if doubled else (lambda v: v)
+    if sos is None:
+        buf = jnp.concatenate([zp, jnp.zeros((b, 1, d), zp.dtype)], axis=1)
+        steps = n - 1
+    else:
+        buf = jnp.concatenate([sos.astype(zp.dtype), zp], axis=1)
+        steps = n
+    zbuf = buf  # the noise of buffer row i + 1 sits at row i + 1
 
-    if opts.jacobi_chunk <= 0:
+    def result(xb):
+        return xb[:, 1:] if sos is not None else xb[:, :n]
+
+    if jacobi_chunk <= 0:
         def body(carry, i):
             xc, cache = carry
             tok = lax.dynamic_slice_in_dim(xc, i, 1, axis=1)
-            a, bsh, cache = step(dup(tok), i, cache, y2, temps)
-            a, bsh = _guide(a, bsh, i[None], n, opts)
-            znext = lax.dynamic_slice_in_dim(xc, i + 1, 1, axis=1)
-            xc = lax.dynamic_update_slice_in_dim(xc, znext * jnp.exp(a) + bsh, i + 1, axis=1)
+            a, bsh, cache = step(dup(tok), i, cache)
+            sigma, mu = combine(a, bsh, i[None])
+            znext = lax.dynamic_slice_in_dim(zbuf, i + 1, 1, axis=1)
+            xc = lax.dynamic_update_slice_in_dim(xc, znext * sigma + mu, i + 1, axis=1)
             return (xc, cache), None
 
-        (xp, _), _ = lax.scan(body, (xp, cache), jnp.arange(n - 1))
-        return permute_tokens(xp, flip)
+        (buf, _), _ = lax.scan(body, (buf, cache), jnp.arange(steps))
+        return result(buf)
 
-    chunk = opts.jacobi_chunk
+    chunk = jacobi_chunk
     if n % chunk:
         raise ValueError(f"jacobi_chunk {chunk} does not divide the number of tokens {n}")
-    zpad = jnp.concatenate([xp, jnp.zeros((b, 1, d), xp.dtype)], axis=1)  # [B, N+1, D]
 
     def chunk_body(carry, start):
         xc, cache = carry
-        zc = lax.dynamic_slice_in_dim(zpad, start + 1, chunk, axis=1)
+        zc = lax.dynamic_slice_in_dim(zbuf, start + 1, chunk, axis=1)
         positions = start + jnp.arange(chunk)
 
         def one_iter(state):
             xs, cache_s, it, _ = state
             inp = lax.dynamic_slice_in_dim(xs, start, chunk, axis=1)
-            a, bsh, cache_s = step(dup(inp), start, cache_s, y2, temps)
-            a, bsh = _guide(a, bsh, positions, n, opts)
-            new = zc * jnp.exp(a) + bsh
+            a, bsh, cache_s = step(dup(inp), start, cache_s)
+            sigma, mu = combine(a, bsh, positions)
+            new = zc * sigma + mu
             old = lax.dynamic_slice_in_dim(xs, start + 1, chunk, axis=1)
             err = jnp.mean(jnp.square(new - old)) / (jnp.mean(jnp.square(new)) + 1e-12)
             xs = lax.dynamic_update_slice_in_dim(xs, new, start + 1, axis=1)
@@ -160,14 +191,39 @@ def reverse_block(
 
         def cond(state):
             _, _, it, err = state
-            return (it < opts.jacobi_max_iters) & (err > opts.jacobi_tol)
+            return (it < jacobi_max_iters) & (err > jacobi_tol)
 
         state = (xc, cache, jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, jnp.float32))
         xc, cache, iters, _ = lax.while_loop(cond, one_iter, state)
         return (xc, cache), iters
 
-    (xpad, _), _ = lax.scan(chunk_body, (zpad, cache), jnp.arange(0, n, chunk))
-    return permute_tokens(xpad[:, :n], flip)
+    (buf, _), _ = lax.scan(chunk_body, (buf, cache), jnp.arange(0, n, chunk))
+    return result(buf)
+
+
+def reverse_block(
+    model, params, t: int, x: jax.Array, y: jax.Array | None, opts: SampleOptions
+) -> jax.Array:
+    """Inverts TarFlow block ``t``: ``x: [B, N, D]`` (noise side, natural token order) -> data
+    side, with :func:`invert_block` (sequential or Jacobi, fixed-size KV cache)."""
+    flip = model.block_flip(t)
+    b, n, _ = x.shape
+    y2, temps = _pass_inputs(y, b, opts)
+    bb = b if opts.guidance == 0 else 2 * b
+    cache = init_cache(model.layers_per_block, bb, n, model.width // model.head_dim,
+                       model.head_dim, model.dtype)
+    step_fn = apply_block(model, params, t, "step")
+
+    def step(inp, start, cache):
+        return step_fn(inp, start, cache, y2, temps)
+
+    def combine(a, bsh, positions):
+        a, bsh = _guide(a, bsh, positions, n, opts)
+        return jnp.exp(a), bsh
+
+    xp = invert_block(step, combine, permute_tokens(x, flip), cache, None, opts.guidance != 0,
+                      opts.jacobi_chunk, opts.jacobi_max_iters, opts.jacobi_tol)
+    return permute_tokens(xp, flip)
 
 
 def sample_tokens(
@@ -199,7 +255,7 @@ def sample_tokens_recompute(
     dup = (lambda v: v) if opts.guidance == 0 else _double
     for t in reversed(range(model.num_blocks)):
         flip = model.block_flip(t)
-        full = _apply_block(model, params, t, "affine_params")
+        full = apply_block(model, params, t, "affine_params")
         xp = permute_tokens(x, flip)
 
         def body(xc, i, full=full):

@@ -16,6 +16,11 @@ Two modes, both through ``__call__(x, attn_temp, cache, start)``:
   ``L = 1`` is incremental decoding; ``L > 1`` is a chunk (block-parallel Jacobi sampling).
   Positions after the written ones are masked, so rewriting a chunk needs no roll-back.
 
+Optional rotary position embeddings (STARFlow): ``rope=(cos, sin)``, each ``[L, head_dim]``, the
+rows of :func:`jaxflows.nn.rope.rope_table` for the ``L`` tokens of ``x``; queries and keys are
+rotated before attention (cached keys are stored rotated). ``rope=None`` (TarFlow) rotates
+nothing.
+
 :class:`Transformer` stacks ``num_layers`` identical layers with ``nn.scan``; its params have a
 leading ``'layers'`` logical axis and its cache is ``(k, v)`` each ``[K, B, N_max, H, Dh]``.
 
@@ -47,7 +52,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxflows.nn.rope import apply_rope
+
 Cache = tuple[jax.Array, jax.Array]
+Rope = tuple[jax.Array, jax.Array]
 Dtype = Any
 
 #: ``attention_impl`` values (see the module docstring)
@@ -224,6 +232,7 @@ class TransformerLayer(nn.Module):
         attn_temp: float | jax.Array = 1.0,
         cache: Cache | None = None,
         start: jax.Array | int | None = None,
+        rope: Rope | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         """Applies the layer. See the module docstring for the two modes.
 
@@ -232,6 +241,7 @@ class TransformerLayer(nn.Module):
           attn_temp: attention temperature, scalar or ``[B]``; logits are divided by it.
           cache: ``None`` (full causal) or ``(k, v)`` each ``[B, N_max, H, Dh]``.
           start: position of ``x[:, 0]`` in the cache (cached mode only), int or traced scalar.
+          rope: ``None`` or ``(cos, sin)`` each ``[L, Dh]``: rotary angles of ``x``'s tokens.
         Returns:
           ``(y [B, L, C] float32, new_cache or None)``.
         """
@@ -265,6 +275,8 @@ class TransformerLayer(nn.Module):
         y = layer_norm(x, ln1_s, ln1_b, self.ln_eps).astype(dt)
         qkv = jnp.einsum("blc,cthd->blthd", y, qkv_k.astype(dt)) + qkv_b.astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, Dh]
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         scale = _temp_scale(dh, attn_temp, b)
         impl = resolve_attention(self.attention_impl, dt)
         if cache is None and impl in ("xla", "cudnn"):
@@ -315,11 +327,11 @@ class _ScanLayer(nn.Module):
     attention_chunk: int
 
     @nn.compact
-    def __call__(self, x, cache, attn_temp, start):
+    def __call__(self, x, cache, attn_temp, start, rope):
         return TransformerLayer(
             self.width, self.head_dim, self.mlp_ratio, self.dtype, self.ln_eps,
             self.attention_impl, self.attention_chunk, name="layer"
-        )(x, attn_temp, cache, start)
+        )(x, attn_temp, cache, start, rope)
 
 
 class Transformer(nn.Module):
@@ -349,9 +361,11 @@ class Transformer(nn.Module):
         attn_temp: float | jax.Array = 1.0,
         cache: Cache | None = None,
         start: jax.Array | int | None = None,
+        rope: Rope | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         """``x: [B, L, C]`` -> ``([B, L, C] float32, cache)``; cache ``(k, v)`` each
-        ``[K, B, N_max, H, Dh]`` or ``None`` for the full causal pass."""
+        ``[K, B, N_max, H, Dh]`` or ``None`` for the full causal pass; ``rope``: ``None`` or
+        ``(cos, sin)`` each ``[L, Dh]``, shared by every layer."""
         body = _ScanLayer
         enabled, policy = remat_policy(self.remat)
         if enabled:
@@ -360,7 +374,7 @@ class Transformer(nn.Module):
             body,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast),
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
             length=self.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
@@ -369,7 +383,7 @@ class Transformer(nn.Module):
         return scanned(
             self.width, self.head_dim, self.mlp_ratio, self.dtype, self.ln_eps,
             self.attention_impl, self.attention_chunk, name="layers"
-        )(x, cache, jnp.asarray(attn_temp, jnp.float32), jnp.asarray(start, jnp.int32))
+        )(x, cache, jnp.asarray(attn_temp, jnp.float32), jnp.asarray(start, jnp.int32), rope)
 
     def init_cache(self, batch: int, max_len: int, dtype: Dtype | None = None) -> Cache:
         """Zero cache ``(k, v)``, each ``[num_layers, batch, max_len, heads, head_dim]``."""

@@ -24,8 +24,10 @@ auc_top10_mean, auc_top10_sem, seconds_per_iteration, iterations_mean, seconds_p
 
 ``curves`` holds the mean and sem of the best-so-far score against oracle calls for every task
 and method; the PNG next to the JSON draws them. ``summary_rows`` has one row per task (final
-best ``mean ± sem`` per method, ``nfbo_ge_all_baselines``, ``tacs_on_minus_off``) and
-``comparison`` the number of tasks where NF-BO's mean final best is >= each baseline's.
+best ``mean ± sem (number of seeds)`` per method, ``nfbo_ge_all_baselines``,
+``tacs_on_minus_off``) and ``comparison`` the number of tasks where NF-BO's mean final best is
+>= each baseline's. ``--collect_only`` runs nothing and aggregates the runs that have finished
+(an interim table while runs are still going: ``n_seeds`` says how many each row has).
 
     python experiments/nfbo_guacamol.py --setting small --seeds 0,1,2,3,4
     python experiments/nfbo_guacamol.py --setting smoke --tasks adip --methods random,nfbo \\
@@ -67,17 +69,22 @@ def run_config(setting: str, task: str, method: str, seed: int, overrides: list[
     return config
 
 
-def one_run(workdir: str, config) -> dict:
-    """The summary of a finished run in ``workdir`` (running or resuming it if needed)."""
-    from jaxflows.bo.loop import run_bo
-
+def finished_summary(workdir: str) -> dict | None:
+    """The summary of a finished run in ``workdir``, or None."""
     path = os.path.join(workdir, "summary.json")
     if os.path.exists(path):
         with open(path) as f:
             summary = json.load(f)
         if summary.get("finished"):
             return summary
-    return run_bo(config, workdir)
+    return None
+
+
+def one_run(workdir: str, config) -> dict:
+    """The summary of a finished run in ``workdir`` (running or resuming it if needed)."""
+    from jaxflows.bo.loop import run_bo
+
+    return finished_summary(workdir) or run_bo(config, workdir)
 
 
 def curve(workdir: str, budget: int, initial_best: float) -> np.ndarray:
@@ -104,13 +111,16 @@ def aggregate(tasks, methods, seeds, summaries: dict, curves: dict) -> tuple:
     rows, table = [], {}
     for task in tasks:
         for method in methods:
-            runs = [summaries[(task, method, s)] for s in seeds]
+            done = [s for s in seeds if (task, method, s) in summaries]
+            if not done:
+                continue
+            runs = [summaries[(task, method, s)] for s in done]
             best = [r["final_best_with_initial"] for r in runs]
             auc = [r["auc_top10"] for r in runs]
             spi = [r["seconds_per_iteration_after_first"] or r["seconds_per_iteration"]
                    for r in runs]
             rows.append({
-                "task": task, "method": method, "seeds": list(seeds), "n_seeds": len(seeds),
+                "task": task, "method": method, "seeds": done, "n_seeds": len(done),
                 "final_best_mean": float(np.mean(best)), "final_best_sem": sem(best),
                 "final_best_calls_only_mean": float(np.mean(
                     [r["final_best"] if r["final_best"] is not None else np.nan
@@ -125,7 +135,7 @@ def aggregate(tasks, methods, seeds, summaries: dict, curves: dict) -> tuple:
                 "compiles_later_iterations_max": int(max(
                     r["compile_counts"]["later_iterations"] for r in runs)),
             })
-            c = np.stack([curves[(task, method, s)] for s in seeds])
+            c = np.stack([curves[(task, method, s)] for s in done])
             step = max(1, c.shape[1] // MAX_CURVE_POINTS)
             calls = np.arange(step, c.shape[1] + 1, step)
             table.setdefault(task, {})[method] = {
@@ -139,30 +149,41 @@ BASELINES = ("random", "lsbo", "nfbo_no_tacs")
 
 
 def summary_rows(rows: list[dict]) -> tuple[list[dict], dict]:
-    """One row per task (final best ``mean ± sem`` per method, whether NF-BO's mean is >= every
-    baseline's, the TACS on - off difference) and the counts over tasks, for the README."""
+    """One row per task (final best ``mean ± sem (seeds)`` per method, whether NF-BO's mean is
+    >= every baseline's, the TACS on - off difference) and the counts over tasks, for the
+    README. A method without finished runs on a task shows ``None`` and is left out of that
+    task's comparisons (an interim table, ``--collect_only``)."""
     by = {(r["task"], r["method"]): r for r in rows}
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    out, wins = [], {b: 0 for b in BASELINES if b in methods}
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    out = []
+    wins = {b: 0 for b in BASELINES if b in methods}
+    compared = {b: 0 for b in wins}
     for task in tasks:
-        row = {"task": task, "initial_best": by[(task, methods[0])]["initial_best"]}
+        first = next(by[(task, m)] for m in methods if (task, m) in by)
+        row = {"task": task, "initial_best": first["initial_best"]}
         for m in methods:
-            r = by[(task, m)]
+            r = by.get((task, m))
+            if r is None:
+                row[m] = None
+                continue
             e = r["final_best_sem"]
-            row[m] = f"{r['final_best_mean']:.3f}" + (f" ± {e:.3f}" if e is not None else "")
-        if "nfbo" in methods:
+            row[m] = (f"{r['final_best_mean']:.3f}" + (f" ± {e:.3f}" if e is not None else "")
+                      + f" ({r['n_seeds']})")
+        if (task, "nfbo") in by:
             nf = by[(task, "nfbo")]["final_best_mean"]
-            ge = {b: nf >= by[(task, b)]["final_best_mean"] for b in wins}
+            ge = {b: nf >= by[(task, b)]["final_best_mean"] for b in wins if (task, b) in by}
             for b, ok in ge.items():
                 wins[b] += int(ok)
-            row["nfbo_ge_all_baselines"] = all(ge.values())
-            if "nfbo_no_tacs" in methods:
+                compared[b] += 1
+            row["nfbo_ge_all_baselines"] = all(ge.values()) if len(ge) == len(wins) else None
+            if (task, "nfbo_no_tacs") in by:
                 row["tacs_on_minus_off"] = nf - by[(task, "nfbo_no_tacs")]["final_best_mean"]
         out.append(row)
     counts = {"tasks": len(tasks),
               "nfbo_ge_baseline_tasks": wins,
-              "nfbo_ge_all_baselines_tasks": sum(bool(r.get("nfbo_ge_all_baselines"))
+              "tasks_compared": compared,
+              "nfbo_ge_all_baselines_tasks": sum(r.get("nfbo_ge_all_baselines") is True
                                                  for r in out)}
     return out, counts
 
@@ -209,6 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--runs_dir", default=os.path.join("runs", "nfbo_guacamol"))
+    p.add_argument("--collect_only", action="store_true",
+                   help="run nothing: aggregate the runs that have finished (an interim table)")
     p.add_argument("--out", default=None,
                    help="results JSON (default experiments/results/nfbo_guacamol_SETTING.json)")
     args = p.parse_args([a for a in argv if not a.startswith("--config.")])
@@ -224,10 +247,14 @@ def main(argv=None) -> int:
     summaries, curves = {}, {}
     # seed-major order: a stopped driver leaves every task and method with the same seeds done
     for seed, task, method in ((s, t, m) for s in seeds for t in tasks for m in methods):
-        config = run_config(args.setting, task, method, seed, overrides)
         workdir = os.path.join(args.runs_dir, args.setting, task, f"{method}_s{seed}")
         ts = time.time()
-        s = one_run(workdir, config)
+        if args.collect_only:
+            s = finished_summary(workdir)
+            if s is None:
+                continue
+        else:
+            s = one_run(workdir, run_config(args.setting, task, method, seed, overrides))
         summaries[(task, method, seed)] = s
         curves[(task, method, seed)] = curve(workdir, s["budget"], s["initial"]["best"])
         print(f"{task} {method} seed {seed}: best {s['final_best_with_initial']:.4f} "

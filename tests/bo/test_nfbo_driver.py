@@ -52,13 +52,28 @@ def test_aggregate_and_summary(driver, tmp_path):
     s = {x["task"]: x for x in summary}
     assert s["adip"]["nfbo_ge_all_baselines"] and not s["med2"]["nfbo_ge_all_baselines"]
     assert s["adip"]["tacs_on_minus_off"] == pytest.approx(0.2)
-    assert s["adip"]["nfbo"].startswith("0.700 ± ")
+    assert s["adip"]["nfbo"].startswith("0.700 ± ") and s["adip"]["nfbo"].endswith(" (3)")
     assert counts == {"tasks": 2, "nfbo_ge_all_baselines_tasks": 1,
-                      "nfbo_ge_baseline_tasks": {"random": 2, "lsbo": 1, "nfbo_no_tacs": 2}}
+                      "nfbo_ge_baseline_tasks": {"random": 2, "lsbo": 1, "nfbo_no_tacs": 2},
+                      "tasks_compared": {"random": 2, "lsbo": 2, "nfbo_no_tacs": 2}}
+
+    # an interim table: med2 has no finished nfbo runs, adip's nfbo only seed 0
+    partial = {k: v for k, v in summaries.items()
+               if not (k[0] == "med2" and k[1] == "nfbo") and
+               not (k[0] == "adip" and k[1] == "nfbo" and k[2] > 0)}
+    rows, _ = driver.aggregate(tasks, methods, seeds, partial, curves)
+    r = {(x["task"], x["method"]): x for x in rows}
+    assert ("med2", "nfbo") not in r and r[("adip", "nfbo")]["seeds"] == [0]
+    assert r[("adip", "nfbo")]["final_best_sem"] is None
+    summary, counts = driver.summary_rows(rows)
+    s = {x["task"]: x for x in summary}
+    assert s["med2"]["nfbo"] is None and s["med2"].get("nfbo_ge_all_baselines") is None
+    assert s["adip"]["nfbo"] == "0.600 (1)"
+    assert counts["tasks_compared"] == {"random": 1, "lsbo": 1, "nfbo_no_tacs": 1}
 
     (tmp_path / "x.json").write_text(json.dumps({"title": "T", "command": "c", "rows": rows,
                                                  "summary_rows": summary}))
     md = render_table("x", str(tmp_path), rows_key="summary_rows")
-    assert "| task | initial_best | random |" in md and "0.700 ± " in md
+    assert "| task | initial_best | random |" in md and "| 0.600 (1) |" in md
     with pytest.raises(UserError, match="no 'missing' list"):
         render_table("x", str(tmp_path), rows_key="missing")

@@ -141,3 +141,81 @@ def score(params: PyTree, images, labels, num_classes: int) -> tuple[float, list
 def features(params: PyTree, images) -> jax.Array:
     """Penultimate (post-ReLU dense) features ``[N, feature_dim]`` for Fréchet distances."""
     return _apply_batched(params, images)[1]
+
+
+# --- saved classifier params (a msgpack file, or an Orbax params checkpoint) ---------------------
+
+#: DigitCNN's parameter layout: module -> (kernel rank, leaves)
+_LAYERS = {"Conv_0": 4, "Conv_1": 4, "Conv_2": 4, "Dense_0": 2, "Dense_1": 2}
+
+
+def save_classifier_params(path: str, params: PyTree) -> str:
+    """Writes DigitCNN ``params`` (e.g. from :func:`train_classifier`) to ``path`` as flax
+    msgpack bytes (``flax.serialization.to_bytes``; atomic: a temporary file then a rename), the
+    format ``experiments/align_mnist.py`` caches in ``RUNS_DIR/classifier/params.msgpack``.
+    Returns ``path``."""
+    import os
+
+    import flax.serialization
+
+    check_classifier_params(params)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(flax.serialization.to_bytes(jax.tree.map(np.asarray, params)))
+    os.replace(tmp, path)
+    return path
+
+
+def load_classifier_params(path: str) -> PyTree:
+    """DigitCNN params from ``path``: a msgpack file (:func:`save_classifier_params`) or an Orbax
+    params checkpoint directory (``jaxflows.train.pretrained.save_params``, its ``params``
+    subtree). Raises ``FileNotFoundError`` / ``ValueError`` (not DigitCNN params)."""
+    import os
+
+    import flax.serialization
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    if os.path.isdir(path):
+        from jaxflows.train.pretrained import read_tree
+
+        tree = read_tree(path)
+        params = tree.get("params", tree) if isinstance(tree, dict) else tree
+    else:
+        with open(path, "rb") as f:
+            try:
+                params = flax.serialization.msgpack_restore(f.read())
+            except Exception as e:  # noqa: BLE001 -- any decoding failure: not our file
+                raise ValueError(f"{path} is not a msgpack params file ({type(e).__name__})"
+                                 ) from None
+    check_classifier_params(params)
+    return jax.tree.map(jnp.asarray, params)
+
+
+def check_classifier_params(params: PyTree, image_shape=None) -> None:
+    """Raises ``ValueError`` naming the problem unless ``params`` is a :class:`DigitCNN` tree
+    (``Conv_0..2``, ``Dense_0..1``, each with ``kernel`` and ``bias``), and, given
+    ``image_shape = (H, W, C)``, one for images of that shape (input channels and the flattened
+    size ``ceil(H/4) ceil(W/4) 64`` of ``Dense_0``)."""
+    if not isinstance(params, dict) or set(params) != set(_LAYERS):
+        have = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"not DigitCNN params: top-level keys {have}, expected "
+                         f"{sorted(_LAYERS)}")
+    for name, rank in _LAYERS.items():
+        layer = params[name]
+        if not isinstance(layer, dict) or set(layer) != {"kernel", "bias"} or \
+                np.ndim(layer["kernel"]) != rank:
+            raise ValueError(f"not DigitCNN params: {name} is not a rank-{rank} kernel and a bias")
+    if image_shape is not None:
+        h, w, c = (int(d) for d in image_shape)
+        if np.shape(params["Conv_0"]["kernel"])[2] != c:
+            raise ValueError(f"the classifier takes {np.shape(params['Conv_0']['kernel'])[2]} "
+                             f"input channels, the images have {c}")
+        # two stride-2 SAME convolutions: ceil(ceil(n / 2) / 2) = ceil(n / 4) positions a side
+        flat = -(-h // 4) * -(-w // 4) * np.shape(params["Conv_2"]["kernel"])[-1]
+        if np.shape(params["Dense_0"]["kernel"])[0] != flat:
+            raise ValueError(f"the classifier was trained on images of another size (its dense "
+                             f"layer takes {np.shape(params['Dense_0']['kernel'])[0]} inputs, "
+                             f"{h}x{w} images give {flat})")

@@ -20,13 +20,29 @@ covering a 4 x 4 patch, f4) and SD's 4 channels; the latent has 196 numbers for 
 **Loss** (per image; pixels mapped to ``x in [-1, 1]``, LDM's convention):
 
     rec = mean_pixels (D(z) - x)^2,       kl = 0.5 sum_latent (mu^2 + sigma^2 - 1 - log sigma^2),
-    loss = rec + kl_weight * kl / P  [+ align.weight * L_align]
+    loss = rec + kl_weight * kl / P  [+ perceptual_weight * perceptual]  [+ align.weight * L_align]
 
 with ``P = H W C``: LDM sums the reconstruction error over pixels and the KL over latent entries
 (both per image); dividing both by ``P`` keeps LDM's ratio, so ``kl_weight = 1e-6`` means what it
-means there. No perceptual or adversarial loss (MNIST, CPU budget). Metrics: ``rec_loss``,
-``kl``, ``mse`` (per-pixel MSE in ``[0, 1]`` units, the decoder output clipped to ``[0, 1]`` in
-evaluation) and ``psnr`` (per image ``10 log10(1 / mse)``, averaged over images).
+means there. Metrics: ``rec_loss``, ``kl``, ``mse`` (per-pixel MSE in ``[0, 1]`` units, the
+decoder output clipped to ``[0, 1]`` in evaluation) and ``psnr`` (per image
+``10 log10(1 / mse)``, averaged over images).
+
+**Perceptual and adversarial terms** (off by default; :mod:`jaxflows.models.autoencoder_losses`
+has the definitions). ``perceptual_weight > 0`` adds ``perceptual_weight * perceptual(D(z), x)``,
+LPIPS's stand-in: the relative squared error of frozen DigitCNN activations (layers
+``perceptual_layers``; default ``Conv_1``, ``Conv_2`` and the 128-d penultimate ``features``),
+averaged over the layers, the classifier's params read from
+``perceptual_classifier`` (a msgpack file of
+:func:`jaxflows.eval.classifier.save_classifier_params`, or an Orbax params checkpoint) and held
+outside the trainable tree; metric ``perceptual``. ``gan_weight > 0`` adds a PatchGAN
+discriminator (params subtree ``discriminator``, widths ``disc_channels``) and, from step
+``gan_start_step`` on, ``gan_weight * g + d`` with hinge losses, the two players separated by
+``stop_gradient`` inside the one loss (:func:`jaxflows.models.autoencoder_losses.gan_objective`):
+the decoder's gradient comes from ``g`` only, the discriminator's from ``d`` only. In training
+``loss`` then includes ``d``; ``ae_loss`` is the autoencoder's own objective, and ``g_loss``,
+``d_loss``, ``logits_real``, ``logits_fake`` are logged. Evaluation leaves the GAN out (its
+``loss`` is the rest of the objective).
 
 **Flow-prior alignment** (Li et al. 2025, "Aligning Latent Spaces with Flow Priors", arXiv
 2506.05240). With ``config.model.align`` (:func:`jaxflows.align.default_align_config`) the loss
@@ -49,9 +65,15 @@ next to the checkpoint.
 **Decoder fine-tuning on noisy latents** (STARFlow, arXiv 2506.06276, Sec. 3.3: the generator
 models ``z * scale + sigma eps``). ``config.model.latent_noise_std = sigma > 0`` decodes
 ``z + (sigma / config.model.latent_scale) eps`` in training (noise of std ``sigma`` in the scaled
-units); combine it with ``config.init_from`` (a trained workdir) and
-``config.optim.freeze = ('encoder/.*',)`` to fine-tune the decoder only. Evaluation then also
-reports ``noisy_mse`` and ``noisy_psnr``; ``mse`` stays the clean reconstruction.
+units; ``latent_scale`` must then be the autoencoder's own scale, see *Latent scale*, and a
+value ``<= 0`` is refused); combine it with ``config.init_from`` (a trained workdir) and
+``config.optim.freeze = ('encoder/.*',)`` to fine-tune the decoder only, and with the
+perceptual (and GAN) terms above for STARFlow's ``L2 + LPIPS + GAN`` recipe
+(``experiments/configs/autoencoder_mnist.py:finetune_decoder``,
+``experiments/starflow_decoder_finetune.py``). Evaluation then also reports ``noisy_mse``,
+``noisy_psnr`` and ``noisy_loss`` (the evaluation objective of the noisy decode; the eval rng is
+fixed per batch, so it is comparable between evaluations); ``mse`` stays the clean
+reconstruction.
 
 **Network** (:class:`ConvAutoencoder`): encoder ``conv3x3(channels[0])``, then per level a
 stride-2 ``conv3x3(channels[i])``, each followed by SiLU and ``res_blocks`` residual blocks
@@ -62,8 +84,9 @@ replicated over the mesh (no logical axis names: the model is small).
 
 Config keys (``config.model``, see :func:`default_model_config`): ``mode``, ``channels``,
 ``res_blocks``, ``latent_channels``, ``kl_weight``, ``align`` and ``align_layout``,
-``latent_noise_std``, ``latent_scale``. ``config.dtype`` is the convolution dtype; losses are
-float32.
+``latent_noise_std``, ``latent_scale``, ``perceptual_weight``, ``perceptual_classifier``,
+``perceptual_layers``, ``gan_weight``, ``gan_start_step``, ``disc_channels``. ``config.dtype`` is
+the convolution dtype; losses are float32.
 """
 
 from __future__ import annotations
@@ -83,6 +106,12 @@ import numpy as np
 
 from jaxflows.align import FlowPriorAlignment
 from jaxflows.errors import ConfigError, UserError
+from jaxflows.models.autoencoder_losses import (
+    DEFAULT_PERCEPTUAL_LAYERS,
+    PatchDiscriminator,
+    PerceptualLoss,
+    gan_objective,
+)
 from jaxflows.train.task import (
     DataInfo,
     ElementSpec,
@@ -97,6 +126,7 @@ MODES = ("ae", "kl")
 LAYOUTS = ("tokens", "flat")
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamp
 SCALE_FILE = "latent_scale.json"
+AE_TREES = ("encoder", "decoder")  # the autoencoder's params subtrees (not the discriminator)
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -114,6 +144,12 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.align_layout = "tokens"  # tokens ([B, h*w, c]) | flat ([B, h*w*c])
     m.latent_noise_std = 0.0  # > 0: decode noisy latents in training (decoder fine-tuning)
     m.latent_scale = 1.0  # the scale the noise std is measured in (see latent_scale())
+    m.perceptual_weight = 0.0  # > 0: the perceptual term on a frozen DigitCNN
+    m.perceptual_classifier = ""  # its params: save_classifier_params file / Orbax params dir
+    m.perceptual_layers = DEFAULT_PERCEPTUAL_LAYERS  # of Conv_0, Conv_1, Conv_2, features
+    m.gan_weight = 0.0  # > 0: hinge PatchGAN (ml-starflow: 0.1)
+    m.gan_start_step = 0  # the GAN terms are on from this step
+    m.disc_channels = (32, 64)  # discriminator widths, one 2x average-pool level each
     return m
 
 
@@ -275,7 +311,22 @@ class AutoencoderTask(Task):
         self.noise_std = float(mc.get("latent_noise_std", 0.0))
         self.noise_scale = float(mc.get("latent_scale", 1.0))
         if self.noise_std < 0 or not self.noise_scale > 0:
-            raise ConfigError("config.model.latent_noise_std must be >= 0 and latent_scale > 0")
+            raise ConfigError(
+                f"config.model.latent_noise_std={self.noise_std} must be >= 0 and "
+                f"latent_scale={self.noise_scale} > 0",
+                hint="set latent_scale to the autoencoder's scale, the latent_scale.json of its "
+                     "workdir (jaxflows.models.autoencoder.latent_scale)")
+        self.perceptual = PerceptualLoss.from_config(mc, self.image_shape)
+        self.gan_weight = float(mc.get("gan_weight", 0.0))
+        self.gan_start_step = int(mc.get("gan_start_step", 0))
+        disc_channels = tuple(int(v) for v in mc.get("disc_channels", (32, 64)) or ())
+        if self.gan_weight < 0 or self.gan_start_step < 0:
+            raise ConfigError(f"config.model.gan_weight={self.gan_weight} and gan_start_step="
+                              f"{self.gan_start_step} must be >= 0")
+        if not disc_channels or min(disc_channels) < 1:
+            raise ConfigError(f"config.model.disc_channels must be positive widths, got "
+                              f"{mc.get('disc_channels')}")
+        self.disc = (PatchDiscriminator(disc_channels) if self.gan_weight > 0 else None)
         self.align = FlowPriorAlignment.from_config(mc.get("align"))
         if self.align is not None and self.align.dim != self.token_dim:
             raise ConfigError(
@@ -302,8 +353,15 @@ class AutoencoderTask(Task):
             return z.reshape(z.shape[0], -1, z.shape[-1])
         return z.reshape(z.shape[0], -1)
 
+    @staticmethod
+    def ae_params(params: PyTree) -> PyTree:
+        """The autoencoder's subtrees ``{'encoder', 'decoder'}`` of ``params`` (unboxed; without
+        the discriminator)."""
+        params = nn.unbox(params)
+        return {k: params[k] for k in AE_TREES}
+
     def _apply(self, params: PyTree, *args, **kwargs):
-        return self.model.apply({"params": nn.unbox(params)}, *args, **kwargs)
+        return self.model.apply({"params": self.ae_params(params)}, *args, **kwargs)
 
     def encode(self, params: PyTree, images, *, sample: bool = False,
                rng: jax.Array | None = None) -> jax.Array:
@@ -312,20 +370,34 @@ class AutoencoderTask(Task):
         if sample and self.mode == "kl" and rng is None:
             raise ValueError("a posterior sample needs an rng")
         rng = jax.random.key(0) if rng is None else rng
-        return _encode_jit(self.model, nn.unbox(params), jnp.asarray(images), rng, bool(sample))
+        return _encode_jit(self.model, self.ae_params(params), jnp.asarray(images), rng,
+                           bool(sample))
 
     def decode(self, params: PyTree, z) -> jax.Array:
         """Images in ``[0, 1]`` (clipped) ``[B, H, W, C]`` of latents ``z: [B, h, w, c]``
         (jitted)."""
-        return _decode_jit(self.model, nn.unbox(params), jnp.asarray(z, jnp.float32))
+        return _decode_jit(self.model, self.ae_params(params), jnp.asarray(z, jnp.float32))
+
+    def _recon_terms(self, recon: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
+        """``rec_loss`` (``[B]``, mean squared error in ``[-1, 1]`` units), ``perceptual``
+        (``[B]``, unweighted; when on) and ``objective`` (``rec + perceptual_weight *
+        perceptual``) of ``recon`` against ``x`` (both ``[B, H, W, C]`` in ``[-1, 1]``)."""
+        b = x.shape[0]
+        out = {"rec_loss": jnp.mean(jnp.square(recon - x).reshape(b, -1), axis=-1)}
+        out["objective"] = out["rec_loss"]
+        if self.perceptual is not None:
+            out["perceptual"] = self.perceptual.per_example(recon, x)
+            out["objective"] = out["objective"] + self.perceptual.weight * out["perceptual"]
+        return out
 
     def _terms(self, params, image, rng, *, train: bool) -> dict[str, jax.Array]:
         """Per-example terms ``[B]`` of uint8 ``image: [B, H, W, C]``: ``loss``, ``rec_loss``,
-        ``kl``, ``align_loss`` (aligned), and ``z`` (the latent the loss used), ``recon``.
+        ``kl``, ``perceptual`` (when on), ``align_loss`` (aligned), and ``z`` (the latent the
+        loss used), ``recon``, ``x`` (the input in ``[-1, 1]``).
 
         ``train``: the decoder sees a posterior sample (KL mode) plus the latent noise
         (``latent_noise_std > 0``). Otherwise it sees the posterior mean, and with latent noise
-        a second decode of the noisy mean gives ``noisy_recon``.
+        a second decode of the noisy mean gives ``noisy_recon`` and ``noisy_loss``.
         """
         x = to_signed(image)
         mean, logvar = self._apply(params, x, method=ConvAutoencoder.encode)
@@ -339,16 +411,20 @@ class AutoencoderTask(Task):
         recon = self._apply(params, noisy if train and noisy is not None else z,
                             method=ConvAutoencoder.decode)
         b = x.shape[0]
-        rec = jnp.mean(jnp.square(recon - x).reshape(b, -1), axis=-1)
         kl = (gaussian_kl(mean, logvar) if logvar is not None
               else jnp.zeros((b,), jnp.float32))
-        out = {"z": z, "recon": recon, "rec_loss": rec, "kl": kl,
-               "loss": rec + self.kl_weight * kl / self.num_pixels}
+        reg = self.kl_weight * kl / self.num_pixels
+        terms = self._recon_terms(recon, x)
+        out = {"z": z, "recon": recon, "x": x, "kl": kl, "loss": terms.pop("objective") + reg,
+               **terms}
         if noisy is not None and not train:
             out["noisy_recon"] = self._apply(params, noisy, method=ConvAutoencoder.decode)
+            out["noisy_loss"] = self._recon_terms(out["noisy_recon"], x)["objective"] + reg
         if self.align is not None:
             out["align_loss"] = self.align.per_example(self.tokens(z), k_align)
-            out["loss"] = out["loss"] + self.align.weight * out["align_loss"]
+            for key in ("loss", "noisy_loss"):
+                if key in out:
+                    out[key] = out[key] + self.align.weight * out["align_loss"]
         return out
 
     @staticmethod
@@ -365,34 +441,52 @@ class AutoencoderTask(Task):
         return image_element_spec(self.image_shape)
 
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree:
-        """Params ``{'encoder', 'decoder'}`` for images shaped like ``batch['image']`` (traced on
-        one image: params depend only on the shape)."""
-        return self.model.init({"params": rng}, to_signed(batch["image"][:1]))["params"]
+        """Params ``{'encoder', 'decoder'}`` (and ``'discriminator'`` when ``gan_weight > 0``)
+        for images shaped like ``batch['image']`` (traced on one image: params depend only on
+        the shape)."""
+        x = to_signed(batch["image"][:1])
+        params = dict(self.model.init({"params": rng}, x)["params"])
+        if self.disc is not None:
+            params["discriminator"] = self.disc.init(jax.random.fold_in(rng, 1), x)["params"]
+        return params
 
     def loss(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array,
              step: jax.Array) -> tuple[jax.Array, Metrics]:
-        """Mean over the batch of ``rec + kl_weight kl / P [+ weight L_align]`` with a posterior
-        sample (KL mode) and, when ``latent_noise_std > 0``, a noisy latent for the decoder.
+        """Mean over the batch of ``rec + kl_weight kl / P [+ perceptual_weight perceptual]
+        [+ weight L_align]`` with a posterior sample (KL mode) and, when
+        ``latent_noise_std > 0``, a noisy latent for the decoder; with ``gan_weight > 0`` and
+        ``step >= gan_start_step`` plus ``gan_weight g + d`` (see
+        :func:`jaxflows.models.autoencoder_losses.gan_objective`).
 
         Metrics: ``rec_loss``, ``kl``, ``mse``, ``psnr`` (unclipped decoder output in training),
-        ``align_loss`` when aligned.
+        ``perceptual``, ``align_loss`` when on; with the GAN ``ae_loss`` (the loss without it),
+        ``g_loss``, ``d_loss``, ``logits_real``, ``logits_fake``.
         """
-        del step
         t = self._terms(params, batch["image"], rng, train=True)
         mask = batch.get("mask")
         mse = t["rec_loss"] / 4.0  # [-1, 1] -> [0, 1] units
         metrics = {"rec_loss": masked_mean(t["rec_loss"], mask), "kl": masked_mean(t["kl"], mask),
                    "mse": masked_mean(mse, mask),
                    "psnr": masked_mean(-10.0 * jnp.log10(jnp.maximum(mse, 1e-10)), mask)}
-        if "align_loss" in t:  # = FlowPriorAlignment.add_to, from the per-example values
-            metrics["align_loss"] = masked_mean(t["align_loss"], mask)
-        return masked_mean(t["loss"], mask), metrics
+        for key in ("perceptual", "align_loss"):  # align: = FlowPriorAlignment.add_to
+            if key in t:
+                metrics[key] = masked_mean(t[key], mask)
+        loss = t["loss"]
+        if self.disc is not None:
+            gate = (jnp.asarray(step) >= self.gan_start_step).astype(jnp.float32)
+            adv, gan_metrics = gan_objective(self.disc, nn.unbox(params)["discriminator"],
+                                             t["recon"], t["x"], self.gan_weight, gate)
+            metrics["ae_loss"] = masked_mean(loss, mask)
+            metrics.update({k: masked_mean(v, mask) for k, v in gan_metrics.items()})
+            loss = loss + adv
+        return masked_mean(loss, mask), metrics
 
     def eval_batch(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
                    ) -> Metrics:
-        """Per-example ``loss`` (the training objective with the posterior mean), ``rec_loss``,
-        ``kl``, ``mse``, ``psnr`` (clipped output), ``align_loss`` (aligned), ``noisy_mse``,
-        ``noisy_psnr`` (``latent_noise_std > 0``) and the posterior mean's ``latent_mean`` and
+        """Per-example ``loss`` (the training objective with the posterior mean, without the
+        GAN), ``rec_loss``, ``kl``, ``mse``, ``psnr`` (clipped output), ``perceptual``
+        (when on), ``align_loss`` (aligned), ``noisy_mse``, ``noisy_psnr``, ``noisy_loss``
+        (``latent_noise_std > 0``) and the posterior mean's ``latent_mean`` and
         ``latent_sq`` (mean of ``z`` and ``z^2`` over its entries; their averages over a split
         give the latent std ``sqrt(latent_sq - latent_mean^2)``)."""
         t = self._terms(params, batch["image"], rng, train=False)
@@ -400,8 +494,10 @@ class AutoencoderTask(Task):
         out.update(self._pixel_metrics(t["recon"], batch["image"]))
         if "noisy_recon" in t:
             out.update(self._pixel_metrics(t["noisy_recon"], batch["image"], "noisy_"))
-        if "align_loss" in t:
-            out["align_loss"] = t["align_loss"]
+            out["noisy_loss"] = t["noisy_loss"]
+        for key in ("perceptual", "align_loss"):
+            if key in t:
+                out[key] = t[key]
         z = t["z"].reshape(t["z"].shape[0], -1)
         out["latent_mean"] = jnp.mean(z, axis=-1)
         out["latent_sq"] = jnp.mean(jnp.square(z), axis=-1)
@@ -467,8 +563,9 @@ def load_autoencoder(workdir: str, params: str = "best_params",
                      ) -> tuple[AutoencoderTask, PyTree]:
     """``(task, params)`` of a trained autoencoder workdir. ``params`` names the tree
     (``best_params`` | ``ema_params`` | ``params``; falls back to ``params`` when absent);
-    ``image_shape`` defaults to ``config.data.image_shape`` or the dataset's. The alignment
-    term is switched off (it only matters in training)."""
+    ``image_shape`` defaults to ``config.data.image_shape`` or the dataset's. The alignment,
+    perceptual and GAN terms are switched off (they only matter in training; the classifier
+    file need not exist here), and ``params`` holds the ``encoder`` and ``decoder`` only."""
     from jaxflows.data.registry import dataset_info
     from jaxflows.train.loop import load_saved_config
     from jaxflows.train.pretrained import read_tree
@@ -476,6 +573,9 @@ def load_autoencoder(workdir: str, params: str = "best_params",
     config = load_saved_config(workdir)
     if "align" in config.model:
         config.model.align.weight = 0.0
+    for key in ("perceptual_weight", "gan_weight"):
+        if key in config.model:
+            config.model[key] = 0.0
     if image_shape is None:
         image_shape = tuple(config.data.get("image_shape", ()) or ()) or dataset_info(
             config.data.name, config.data.data_dir or None)["image_shape"]
@@ -483,4 +583,4 @@ def load_autoencoder(workdir: str, params: str = "best_params",
     task = AutoencoderTask(config, info)
     tree = read_tree(workdir)
     chosen = tree.get(params) or tree["params"]
-    return task, jax.tree.map(jnp.asarray, chosen)
+    return task, jax.tree.map(jnp.asarray, AutoencoderTask.ae_params(chosen))

@@ -33,8 +33,9 @@ loss (Table 1: targets; Table 2b: lambda). Here, on MNIST, with the convolutiona
    gets one ``(t, eps)`` draw per step; 49 tokens per image already give 49 draws, where the
    official code repeats each of its 64 tokens 4 times; ``reduction = 'mean'`` as officially);
 6. **per autoencoder** (``RUNS_DIR/gen/<row>``): the latent scale (``1 / std`` of the training
-   latents, saved in the AE workdir); one latent generator, a flow-matching model on the scaled
-   training latents flattened to 196-d (:func:`generator_config`, the same budget for every row:
+   latents, saved in the AE workdir); one latent generator per seed of ``--gen_seeds``
+   (``RUNS_DIR/gen/<row>/steps<N>_seed<S>``), a flow-matching model on the scaled training
+   latents flattened to 196-d (:func:`generator_config`, the same budget for every row:
    ``--gen_steps`` steps of batch 256), ``--num_samples`` samples by Euler (``--euler_steps``,
    noise at t = 0 to data at t = 1), divided by the scale and decoded; then the metrics below.
 
@@ -44,8 +45,10 @@ Metrics (one row per autoencoder; ``experiments/results/align_mnist.json``):
   output clipped; ``mse`` is the mean over pixels and images, ``psnr`` the mean over images of
   ``10 log10(1 / mse_image)`` (the engine's ``jaxflows eval`` of the best-validation params);
 * ``fd_mnist``: Fréchet distance between DigitCNN features of the ``--num_samples`` decoded
-  generator samples and of the 10,000 test images; ``rfd_mnist`` the same for the test
-  reconstructions (the paper's rFID analogue);
+  generator samples and of the 10,000 test images, the mean over the generator seeds
+  (``fd_mnist_per_seed``; ``fd_mnist_sem`` its standard error: how much of a difference between
+  rows is generator noise); ``rfd_mnist`` the same for the test reconstructions (the paper's
+  rFID analogue);
 * ``knn_nll``, the k-NN NLL proxy (the paper diagnoses alignment with a k-NN estimate built on
   ``log r_k(y)`` of 10k latents, Faiss, ``k`` not reported; the exact quantity is defined here):
   for ``--knn_queries`` latent tokens ``y`` (one spatial position drawn at random from each of
@@ -103,7 +106,8 @@ log = logging.getLogger("align_mnist")
 
 TARGETS = ("semantic", "lowlevel")
 #: table columns (the rest of each row stays in the JSON)
-COLUMNS = ["autoencoder", "target", "lambda", "mse", "psnr", "rfd_mnist", "fd_mnist", "knn_nll",
+COLUMNS = ["autoencoder", "target", "lambda", "mse", "psnr", "rfd_mnist", "fd_mnist",
+           "fd_mnist_sem", "knn_nll",
            "knn_nll_semantic", "knn_nll_lowlevel", "lalign_semantic", "lalign_lowlevel",
            "latent_scale", "ae_train_s"]
 LAMBDAS = "0.001,0.005,0.01,0.05"
@@ -121,6 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classifier_steps", type=int, default=600)
     p.add_argument("--prior_steps", type=int, default=2000)
     p.add_argument("--gen_steps", type=int, default=1500)
+    p.add_argument("--gen_seeds", default="",
+                   help="comma-separated generator seeds per autoencoder ('' = --seed)")
     p.add_argument("--num_samples", type=int, default=10_000)
     p.add_argument("--euler_steps", type=int, default=50)
     p.add_argument("--knn_k", type=int, default=5)
@@ -551,79 +557,120 @@ def mean_lalign(prior_workdir: str, z: np.ndarray, seed: int, draws: int = 4,
     return float(np.mean(np.concatenate(vals)))
 
 
+def gen_seed_list(args) -> list[int]:
+    """The generator seeds of ``--gen_seeds`` (default: ``--seed`` alone)."""
+    if not args.gen_seeds:
+        return [args.seed]
+    return [int(v) for v in args.gen_seeds.split(",") if v]
+
+
+def generator_run(row: dict, task, params, scale, z_train, z_test, args, ctx,
+                  seed: int) -> dict:
+    """One latent generator of a row (``RUNS_DIR/gen/<row>/steps<N>_seed<S>``): trained on the
+    scaled, flattened training latents with ``seed``, ``--num_samples`` samples decoded, their
+    FD-MNIST. Cached in ``gen.json`` there."""
+    from jaxflows.eval.frechet import feature_stats, frechet_distance_from_stats
+    from jaxflows.models.autoencoder import decode_all
+    from jaxflows.provenance import write_json_atomic
+
+    gen_dir = os.path.join(args.runs_dir, "gen", row["name"], f"steps{args.gen_steps}_seed{seed}")
+    cache = os.path.join(gen_dir, "gen.json")
+    key = {k: getattr(args, k) for k in ("gen_steps", "num_samples", "euler_steps")}
+    key["seed"] = seed
+    if os.path.exists(cache) and _read_json(cache).get("key") == key:
+        return _read_json(cache)["gen"]
+    flat = (z_train.reshape(len(z_train), -1) * scale).astype(np.float32)
+    n_val = min(1000, len(z_test))
+    val = (z_test[:n_val].reshape(n_val, -1) * scale).astype(np.float32)
+    gen_args = argparse.Namespace(**{**vars(args), "seed": seed})
+    gen = train_flow(gen_dir, generator_config(flat.shape[1], len(flat), gen_args), flat, val)
+    model, gparams = flow_params(gen_dir)
+    t_s = time.time()
+    samples = euler_sample(model, gparams, jax.random.key(seed + 11), args.num_samples,
+                           args.euler_steps)
+    images = decode_all(task, params, (samples / scale).reshape(-1, *z_test.shape[1:]))
+    out = {"seed": seed, "fd_mnist": frechet_distance_from_stats(
+        *feature_stats(features(ctx["cls"], images)), *ctx["test_stats"]),
+        "gen_train_s": gen["train_wall_time_s"], "gen_val_fm_loss": gen["val_fm_loss"],
+        "sample_decode_s": time.time() - t_s, "gen_curve": gen["train_loss_curve"],
+        "gen_workdir": _rel(gen_dir)}
+    np.save(os.path.join(gen_dir, "samples_grid.npy"), images[:16])
+    write_json_atomic(cache, {"key": key, "gen": out}, indent=1)
+    return out
+
+
 def evaluate_row(row: dict, ae: dict, args, ctx: dict) -> dict:
-    """Latent scale, generator, samples and metrics of one trained autoencoder (cached in
-    ``RUNS_DIR/gen/<row>/row.json``)."""
+    """Latent scale, reconstruction and alignment metrics of one trained autoencoder (cached in
+    ``RUNS_DIR/gen/<row>/row.json``) and its generators, one per generator seed
+    (:func:`generator_run`): ``fd_mnist`` is their mean, ``fd_mnist_sem`` the standard error
+    over generator seeds, ``fd_mnist_per_seed`` the values."""
     from jaxflows.eval.frechet import feature_stats, frechet_distance_from_stats
     from jaxflows.models.autoencoder import decode_all, encode_all
     from jaxflows.provenance import write_json_atomic
 
-    gen_dir = os.path.join(args.runs_dir, "gen", row["name"])
-    cache = os.path.join(gen_dir, "row.json")
-    key = {k: getattr(args, k) for k in ("gen_steps", "num_samples", "euler_steps", "knn_k",
-                                         "knn_queries", "lalign_images", "seed")}
-    if os.path.exists(cache) and _read_json(cache).get("key") == key:
-        return _read_json(cache)["row"]
+    row_dir = os.path.join(args.runs_dir, "gen", row["name"])
+    cache = os.path.join(row_dir, "row.json")
+    key = {k: getattr(args, k) for k in ("knn_k", "knn_queries", "lalign_images", "seed")}
     t0 = time.time()
     train_x, test_x = ctx["train"][0], ctx["test"][0]
     task, params, scale, z_train = autoencoder_latents(ae["workdir"], train_x, ctx["image_shape"])
     z_test = encode_all(task, params, test_x)
-    rec = decode_all(task, params, z_test)
-    out = {"autoencoder": row["autoencoder"], "target": row["target"], "lambda": row["lam"],
-           "mse": ae["eval"]["mse"], "psnr": ae["eval"]["psnr"]}
-    test_stats = ctx["test_stats"]
-    out["rfd_mnist"] = frechet_distance_from_stats(
-        *feature_stats(features(ctx["cls"], rec)), *test_stats)
-
-    # the latent generator on the scaled, flattened training latents
-    flat = (z_train.reshape(len(z_train), -1) * scale).astype(np.float32)
-    n_val = min(1000, len(z_test))
-    val = (z_test[:n_val].reshape(n_val, -1) * scale).astype(np.float32)
-    gen = train_flow(gen_dir, generator_config(flat.shape[1], len(flat), args), flat, val)
-    model, gparams = flow_params(gen_dir)
-    t_s = time.time()
-    samples = euler_sample(model, gparams, jax.random.key(args.seed + 11), args.num_samples,
-                           args.euler_steps)
-    images = decode_all(task, params, (samples / scale).reshape(-1, *z_test.shape[1:]))
-    sample_time = time.time() - t_s
-    out["fd_mnist"] = frechet_distance_from_stats(
-        *feature_stats(features(ctx["cls"], images)), *test_stats)
-
-    # alignment diagnostics of the test latents against both targets
-    rng = np.random.default_rng(args.seed + 5)
-    nq = min(args.knn_queries, len(z_test))
-    hw = z_test.shape[1] * z_test.shape[2]
-    pos = rng.integers(0, hw, size=nq)
-    queries = z_test[:nq].reshape(nq, hw, -1)[np.arange(nq), pos]
-    for target, (ref, _) in ctx["targets"].items():
-        stats = knn_nll(queries, ref, args.knn_k)
-        out[f"knn_nll_{target}"] = stats["knn_nll"]
-        out[f"log_rk_{target}"] = stats["log_rk"]
-        out[f"lalign_{target}"] = mean_lalign(ctx["prior_dirs"][target],
-                                              z_test[:args.lalign_images], args.seed + 7)
-    out["knn_nll"] = out.get(f"knn_nll_{row['target']}")
+    saved = _read_json(cache) if os.path.exists(cache) else {}
+    if all(saved.get("key", {}).get(k, object()) == v for k, v in key.items()):
+        out = saved["row"]
+    else:
+        rec = decode_all(task, params, z_test)
+        out = {"autoencoder": row["autoencoder"], "target": row["target"], "lambda": row["lam"],
+               "mse": ae["eval"]["mse"], "psnr": ae["eval"]["psnr"]}
+        out["rfd_mnist"] = frechet_distance_from_stats(
+            *feature_stats(features(ctx["cls"], rec)), *ctx["test_stats"])
+        # alignment diagnostics of the test latents against both targets
+        rng = np.random.default_rng(args.seed + 5)
+        nq = min(args.knn_queries, len(z_test))
+        hw = z_test.shape[1] * z_test.shape[2]
+        pos = rng.integers(0, hw, size=nq)
+        queries = z_test[:nq].reshape(nq, hw, -1)[np.arange(nq), pos]
+        for target, (ref, _) in ctx["targets"].items():
+            stats = knn_nll(queries, ref, args.knn_k)
+            out[f"knn_nll_{target}"] = stats["knn_nll"]
+            out[f"log_rk_{target}"] = stats["log_rk"]
+            out[f"lalign_{target}"] = mean_lalign(ctx["prior_dirs"][target],
+                                                  z_test[:args.lalign_images], args.seed + 7)
+        out["knn_nll"] = out.get(f"knn_nll_{row['target']}")
+        out.update(
+            latent_scale=scale, latent_std_test=float(z_test.std()),
+            align_loss_test=ae["eval"].get("align_loss"), ae_train_s=ae["train_wall_time_s"],
+            ae_workdir=_rel(ae["workdir"]), ae_curves=ae["curves"], eval_s=time.time() - t0)
+        os.makedirs(row_dir, exist_ok=True)
+        write_json_atomic(cache, {"key": key, "row": out}, indent=1)
+    gens = [generator_run(row, task, params, scale, z_train, z_test, args, ctx, seed)
+            for seed in gen_seed_list(args)]
+    fds = [g["fd_mnist"] for g in gens]
+    out = dict(out)
     out.update(
-        latent_scale=scale, latent_std_test=float(z_test.std()),
-        align_loss_test=ae["eval"].get("align_loss"),
-        ae_train_s=ae["train_wall_time_s"], gen_train_s=gen["train_wall_time_s"],
-        gen_val_fm_loss=gen["val_fm_loss"], sample_decode_s=sample_time,
-        eval_s=time.time() - t0, ae_workdir=_rel(ae["workdir"]), gen_workdir=_rel(gen_dir),
-        ae_curves=ae["curves"], gen_curve=gen["train_loss_curve"])
-    os.makedirs(gen_dir, exist_ok=True)
-    np.save(os.path.join(gen_dir, "samples_grid.npy"), images[:16])
-    write_json_atomic(cache, {"key": key, "row": out}, indent=1)
+        fd_mnist=float(np.mean(fds)),
+        fd_mnist_sem=float(np.std(fds, ddof=1) / np.sqrt(len(fds))) if len(fds) > 1 else None,
+        fd_mnist_per_seed=fds, gen_seeds=[g["seed"] for g in gens], gen_steps=args.gen_steps,
+        gen_train_s=float(np.mean([g["gen_train_s"] for g in gens])),
+        gen_val_fm_loss=float(np.mean([g["gen_val_fm_loss"] for g in gens])),
+        sample_decode_s=float(np.mean([g["sample_decode_s"] for g in gens])),
+        gen_workdirs=[g["gen_workdir"] for g in gens],
+        gen_curves=[g["gen_curve"] for g in gens])
     return out
 
 
-def save_sample_figure(path: str, rows: list[dict], runs_dir: str) -> str | None:
-    """One PNG: 16 decoded generator samples per row, rows in table order."""
+def save_sample_figure(path: str, rows: list[dict], runs_dir: str, gen_steps: int,
+                       seed: int) -> str | None:
+    """One PNG: 16 decoded samples of each row's generator (``gen_steps``, ``seed``), rows in
+    table order."""
     from PIL import Image
 
     from jaxflows.eval.grid import make_grid
 
     grids = []
     for r in rows:
-        p = os.path.join(runs_dir, "gen", r["name"], "samples_grid.npy")
+        p = os.path.join(runs_dir, "gen", r["name"], f"steps{gen_steps}_seed{seed}",
+                         "samples_grid.npy")
         if os.path.exists(p):
             grids.append(np.load(p))
     if not grids:
@@ -696,7 +743,8 @@ def main(argv=None) -> dict:
             f"flow matching 64x3, {args.prior_steps} steps on unit-std targets (semantic: "
             f"DigitCNN features, FixedProjection 128->4; lowlevel: KL-AE latent tokens); "
             f"generator: flow matching 256x3 on flattened scaled latents, {args.gen_steps} "
-            f"steps, {args.num_samples} samples, Euler {args.euler_steps}; FD-MNIST vs the test "
+            f"steps, seeds {gen_seed_list(args)}, {args.num_samples} samples, Euler "
+            f"{args.euler_steps}; FD-MNIST vs the test "
             f"set; k-NN NLL: k={args.knn_k}, {args.knn_queries} test tokens vs the target "
             f"samples"),
         "command": command,
@@ -731,7 +779,8 @@ def main(argv=None) -> dict:
         log.info("%s: mse %.5f psnr %.2f fd %.2f knn_nll %s (%.0f s so far)", row["name"],
                  out["mse"], out["psnr"], out["fd_mnist"], out["knn_nll"], time.time() - t0)
     stem = os.path.splitext(args.out)[0]
-    figure = save_sample_figure(stem + "_samples.png", rows, args.runs_dir)
+    figure = save_sample_figure(stem + "_samples.png", rows, args.runs_dir, args.gen_steps,
+                                gen_seed_list(args)[0])
     if figure:
         results["samples_figure"] = _rel(figure)
         write_json_atomic(args.out, results, indent=1)

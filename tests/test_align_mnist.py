@@ -64,7 +64,7 @@ def test_align_mnist_quick(script, tmp_path):
     out = tmp_path / "results" / "align_mnist.json"
     # two autoencoders (the lowlevel rows train exactly as the semantic ones, another prior)
     argv = ["--quick", "--rows", "kl,semantic_0.01", "--runs_dir", str(tmp_path / "runs"),
-            "--out", str(out), "--data_dir", str(tmp_path / "data")]
+            "--out", str(out), "--data_dir", str(tmp_path / "data"), "--gen_seeds", "0,1"]
     results = script.main(argv)
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(results["rows"]))
@@ -79,7 +79,13 @@ def test_align_mnist_quick(script, tmp_path):
                     "knn_nll_lowlevel", "lalign_semantic", "lalign_lowlevel", "latent_scale"):
             assert np.isfinite(r[key]), (r["name"], key)
         assert 0 < r["mse"] < 1 and r["fd_mnist"] >= 0
-        assert r["ae_curves"]["val"] and r["gen_curve"]
+        assert r["ae_curves"]["val"] and len(r["gen_curves"]) == 2 and all(r["gen_curves"])
+        # two generator seeds: two different generators, the mean and its standard error
+        assert r["gen_seeds"] == [0, 1] and len(set(r["gen_workdirs"])) == 2
+        assert r["fd_mnist"] == pytest.approx(np.mean(r["fd_mnist_per_seed"]))
+        assert r["fd_mnist_sem"] == pytest.approx(
+            np.std(r["fd_mnist_per_seed"], ddof=1) / np.sqrt(2))
+        assert r["fd_mnist_per_seed"][0] != r["fd_mnist_per_seed"][1]
         # the latent scale is stored with the autoencoder's checkpoint
         wd = r["ae_workdir"] if os.path.isabs(r["ae_workdir"]) else os.path.join(REPO,
                                                                                  r["ae_workdir"])

@@ -197,6 +197,7 @@ class Task:
 ALIASES = {
     "vae": "jaxflows.models.vae",
     "tarflow": "jaxflows.models.tarflow_task",
+    "starflow": "jaxflows.models.starflow_task",
 }
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from jaxflows.convert.starflow import official_to_params
 from jaxflows.errors import ConfigError
 from jaxflows.models import starflow_sampling as ss
 from jaxflows.models.starflow import StarFlowModel, count_params, init_shapes, loss_terms
@@ -170,44 +171,6 @@ def official_state_dict(rng):
     return sd
 
 
-def official_to_params(sd):
-    """The official-named dict -> our param tree (torch Linear [out, in] -> [in, out]; the
-    fused qkv split as (3, heads, head_dim); layers stacked on a leading axis)."""
-    c, hd = OFF["channels"], OFF["head_dim"]
-    h = c // hd
-    params = {}
-    for t, layers in enumerate(OFF["layers"]):
-        g = lambda k, t=t: np.asarray(sd[f"blocks.{t}.{k}"], np.float32)  # noqa: E731
-        blk = {"sos_embed": g("sos_embed"),
-               "proj_in_kernel": g("proj_in.weight").T, "proj_in_bias": g("proj_in.bias"),
-               "proj_out_kernel": g("proj_out.weight").T, "proj_out_bias": g("proj_out.bias"),
-               "final_norm_scale": g("final_norm.weight")}
-        if f"blocks.{t}.proj_txt.weight" in sd:
-            blk["proj_txt_kernel"] = g("proj_txt.weight").T
-            blk["proj_txt_bias"] = g("proj_txt.bias")
-
-        def per_layer(name, fn, g=g, layers=layers):
-            return np.stack([fn(g(f"attn_blocks.{k}.{name}")) for k in range(layers)])
-
-        blk["transformer"] = {"layers": {"layer": {
-            "attn_norm_scale": per_layer("attention.norm.weight", lambda w: w),
-            "attn_norm_bias": per_layer("attention.norm.bias", lambda w: w),
-            "qkv_kernel": per_layer("attention.qkv.weight",
-                                    lambda w: w.reshape(3, h, hd, c).transpose(3, 0, 1, 2)),
-            "qkv_bias": per_layer("attention.qkv.bias", lambda w: w.reshape(3, h, hd)),
-            "proj_kernel": per_layer("attention.proj.weight", lambda w: w.T.reshape(h, hd, c)),
-            "proj_bias": per_layer("attention.proj.bias", lambda w: w),
-            "mlp_norm_scale": per_layer("mlp.norm.weight", lambda w: w),
-            "mlp_norm_bias": per_layer("mlp.norm.bias", lambda w: w),
-            "fc1_kernel": per_layer("mlp.main.0.weight", lambda w: w.T),
-            "fc1_bias": per_layer("mlp.main.0.bias", lambda w: w),
-            "fc2_kernel": per_layer("mlp.main.2.weight", lambda w: w.T),
-            "fc2_bias": per_layer("mlp.main.2.bias", lambda w: w),
-        }}}
-        params[f"blocks_{t}"] = jax.tree.map(jnp.asarray, blk)
-    return params
-
-
 def _ln(x, w, b, eps=1e-5):
     mu = x.mean(-1, keepdims=True)
     return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * w + b
@@ -365,7 +328,7 @@ def _official_setup():
 def test_forward_matches_official_transcription():
     sd, x, y = _official_setup()
     model = _official_model()
-    params = official_to_params(sd)
+    params = official_to_params(sd, model)
     ref = init_shapes(model)
     assert jax.tree.structure(ref) == jax.tree.structure(params)
     assert jax.tree.all(jax.tree.map(lambda a, b: a.shape == b.shape, ref, params))
@@ -396,7 +359,7 @@ def test_forward_matches_official_transcription():
 def test_guided_sample_matches_official_transcription():
     sd, _, y = _official_setup()
     model = _official_model()
-    params = official_to_params(sd)
+    params = official_to_params(sd, model)
     z = np.random.default_rng(3).standard_normal((2, 4, 8, 8))
     y_null = np.zeros_like(y)
     w = 2.0

@@ -269,7 +269,9 @@ def main(argv=None) -> int:
     first = next(iter(summaries.values()))
     result = {
         "name": os.path.splitext(os.path.basename(out))[0],
-        "title": f"NF-BO on Guacamol ({args.setting} setting)",
+        "title": f"NF-BO on Guacamol ({args.setting} setting)" + (
+            ", interim: the runs finished so far (seeds per cell in parentheses)"
+            if args.collect_only else ""),
         "protocol": (f"setting {args.setting}: {first['initial']['n']} initial molecules "
                      f"({first['initial'].get('source', '?')}, see "
                      f"experiments/configs/nfbo_guacamol.py) + "

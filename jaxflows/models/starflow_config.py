@@ -37,7 +37,8 @@ import ml_collections
 from jaxflows.errors import ConfigError
 from jaxflows.models.starflow import SEQ_ORDERS, StarFlowModel
 from jaxflows.models.starflow_sampling import RULES
-from jaxflows.nn.transformer import ATTENTION_IMPLS, REMAT_POLICIES, remat_policy_name
+from jaxflows.models.tarflow_config import validate_transformer_options
+from jaxflows.nn.transformer import remat_policy_name
 
 #: the task module ``config.model.name`` names (``'starflow'`` is an alias of it)
 TASK_MODULE = "jaxflows.models.starflow_task"
@@ -185,13 +186,7 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     if ncls and tlen:
         raise ConfigError("config.model.num_classes and text_len are exclusive (one prefix "
                           "kind per model)")
-    remat = m.get("remat", "none")
-    if not isinstance(remat, bool) and str(remat) not in REMAT_POLICIES:
-        raise ConfigError(f"config.model.remat={remat!r}; use one of {', '.join(REMAT_POLICIES)}")
-    attention = str(m.get("attention", "einsum"))
-    if attention not in ATTENTION_IMPLS:
-        raise ConfigError(
-            f"config.model.attention={attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+    validate_transformer_options(m)
     if not float(m.get("noise_std", 0.3)) >= 0:
         raise ConfigError(f"config.model.noise_std={m.noise_std} must be >= 0")
     drop = float(m.get("drop_label", 0.1))

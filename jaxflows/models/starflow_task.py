@@ -66,6 +66,7 @@ import numpy as np
 
 from jaxflows.errors import ConfigError, UserError
 from jaxflows.models import starflow_sampling as ss
+from jaxflows.models.class_labels import RANDOM_CLASSES, resolve_class_labels
 from jaxflows.models.starflow import loss_terms
 from jaxflows.models.starflow_config import (
     AE_NONE,
@@ -78,7 +79,6 @@ from jaxflows.train.task import DataInfo, ElementSpec, Metrics, PyTree, Task
 
 _LOG2PI = math.log(2 * math.pi)
 #: ``class_label`` value meaning "a random class per sample" (the ``jaxflows sample`` default)
-RANDOM_CLASSES = -2
 AE_TARGET = "autoencoder"
 
 
@@ -90,10 +90,6 @@ def _given(value):
         return None
     return value
 
-
-def _short(value) -> str:
-    text = str(np.asarray(value).tolist())
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def to_uint8(x: jax.Array) -> jax.Array:
@@ -402,28 +398,9 @@ class StarFlowTask(Task):
 
     def resolve_labels(self, rng: jax.Array, num: int, class_label) -> jax.Array | None:
         """``[num]`` int32 labels (random classes for ``None`` / ``-2``, ``-1`` = null id
-        ``K``); None for a model without classes."""
-        random = class_label is None or (np.ndim(class_label) == 0
-                                         and int(class_label) == RANDOM_CLASSES)
-        if not self.num_classes:
-            if not random:
-                raise ConfigError(f"config.sample.class_label={_short(class_label)} given but "
-                                  "the model has no classes (leave it at -2)")
-            return None
-        if random:
-            return jax.random.randint(rng, (num,), 0, self.num_classes, jnp.int32)
-        labels = np.asarray(class_label, np.int64)
-        if labels.ndim == 0:
-            labels = np.full((num,), int(labels))
-        if labels.shape != (num,):
-            raise ConfigError(f"config.sample.class_label must be an int or have shape ({num},), "
-                              f"got {labels.shape}")
-        bad = labels[(labels < -1) | (labels >= self.num_classes)]
-        if bad.size:
-            raise ConfigError(f"config.sample.class_label: class id {int(bad[0])} out of range "
-                              f"[0, {self.num_classes}) (-1 = null label, -2 = random classes)")
-        return jnp.asarray(np.where(labels < 0, self.num_classes, labels), jnp.int32)
-
+        ``K``); None for a model without classes (:func:`resolve_class_labels`)."""
+        return resolve_class_labels(rng, num, class_label, self.num_classes,
+                                    null_id=self.num_classes)
     def _resolve_text(self, num: int, text, text_mask, null_text):
         """``(features [num, T, E], null features [num, T, E])`` for a text model."""
         shape = (self.text_len, self.text_dim)

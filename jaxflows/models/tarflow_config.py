@@ -121,6 +121,18 @@ def _check_sampling_defaults(m: ml_collections.ConfigDict, num_tokens: int) -> N
                           "(0 = all samples in one call)")
 
 
+def validate_transformer_options(m) -> None:
+    """Checks ``config.model.remat`` and ``config.model.attention`` (shared by the Transformer
+    flows: TarFlow, STARFlow); raises a ConfigError naming the bad value."""
+    remat = m.get("remat", "none")
+    if not isinstance(remat, bool) and str(remat) not in REMAT_POLICIES:
+        raise ConfigError(f"config.model.remat={remat!r}; use one of {', '.join(REMAT_POLICIES)}")
+    attention = str(m.get("attention", "einsum"))
+    if attention not in ATTENTION_IMPLS:
+        raise ConfigError(
+            f"config.model.attention={attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+
+
 def validate_model_config(config: ml_collections.ConfigDict, image_shape,
                           data_num_classes: int = 0) -> TarFlowModel:
     """Checks ``config.model`` against the data (``image_shape`` ``(H, W, C)``, its class count,
@@ -144,13 +156,7 @@ def validate_model_config(config: ml_collections.ConfigDict, image_shape,
     if ncls and data_num_classes and ncls != data_num_classes:
         raise ConfigError(
             f"config.model.num_classes={ncls} but the data has {data_num_classes} classes")
-    remat = m.get("remat", "none")
-    if not isinstance(remat, bool) and str(remat) not in REMAT_POLICIES:
-        raise ConfigError(f"config.model.remat={remat!r}; use one of {', '.join(REMAT_POLICIES)}")
-    attention = str(m.get("attention", "einsum"))
-    if attention not in ATTENTION_IMPLS:
-        raise ConfigError(
-            f"config.model.attention={attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+    validate_transformer_options(m)
     if not float(m.get("max_log_scale", 0.0)) >= 0:
         raise ConfigError(f"config.model.max_log_scale={m.max_log_scale} must be >= 0 (0 = off)")
     try:

@@ -45,6 +45,7 @@ import numpy as np
 from jaxflows.data.transforms import uniform_dequantize
 from jaxflows.errors import ConfigError
 from jaxflows.models import tarflow_sampling as ts
+from jaxflows.models.class_labels import RANDOM_CLASSES, resolve_class_labels
 from jaxflows.models.tarflow import logit_bijector, to_signed_unit
 from jaxflows.models.tarflow_config import validate_model_config
 from jaxflows.nn.patches import unpatchify
@@ -53,7 +54,6 @@ from jaxflows.train.task import DataInfo, ElementSpec, Metrics, PyTree, Task, im
 _LOG2PI = math.log(2 * math.pi)
 
 #: ``class_label`` value meaning "a random class per sample" (the ``jaxflows sample`` default)
-RANDOM_CLASSES = -2
 
 
 def _given(value):
@@ -228,27 +228,9 @@ class TarFlowTask(Task):
         }
 
     def _resolve_labels(self, rng, num, class_label):
-        """``[num]`` int32 labels (random classes for ``None`` / ``-2``); None if unconditional."""
-        random = class_label is None or (np.ndim(class_label) == 0
-                                         and int(class_label) == RANDOM_CLASSES)
-        if not self.num_classes:
-            if not random:
-                raise ConfigError(f"config.sample.class_label={_short(class_label)} given but "
-                                  "the model is unconditional (leave it at -2)")
-            return None
-        if random:
-            return jax.random.randint(rng, (num,), 0, self.num_classes, jnp.int32)
-        labels = np.asarray(class_label, np.int64)
-        if labels.ndim == 0:
-            labels = np.full((num,), int(labels))
-        if labels.shape != (num,):
-            raise ConfigError(f"config.sample.class_label must be an int or have shape ({num},), "
-                              f"got {labels.shape}")
-        bad = labels[(labels < -1) | (labels >= self.num_classes)]
-        if bad.size:
-            raise ConfigError(f"config.sample.class_label: class id {int(bad[0])} out of range "
-                              f"[0, {self.num_classes}) (-1 = no label, -2 = random classes)")
-        return jnp.asarray(labels, jnp.int32)
+        """``[num]`` int32 labels (random classes for ``None`` / ``-2``, ``-1`` = no label);
+        None if unconditional (:func:`resolve_class_labels`)."""
+        return resolve_class_labels(rng, num, class_label, self.num_classes)
 
     def resolve_sample_options(self, guidance: float | None = None,
                                attn_temp: float | None = None, annealed: bool | None = None,
@@ -422,11 +404,6 @@ class TarFlowTask(Task):
         save_grid(images, path, ncol=max(1, int(math.ceil(math.sqrt(images.shape[0])))))
         return os.fspath(path)
 
-
-def _short(value) -> str:
-    """A one-line rendering of an option value for an error message."""
-    text = str(np.asarray(value).tolist())
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 TASK = TarFlowTask

@@ -26,7 +26,7 @@ demo: $(STAMP_BASE)
 	$(PY) -m jaxflows.demo --out demo_out
 
 test: $(STAMP_DEV)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 tests
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .

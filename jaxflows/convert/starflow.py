@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxflows.convert._cli import run_cli
 from jaxflows.convert.tarflow import (
     _first_line,
     flatten_params,
@@ -257,12 +258,7 @@ def model_from_experiment(spec: str):
 def main(argv: list[str] | None = None) -> int:
     """CLI: convert an official checkpoint to an Orbax params checkpoint (or ``.npz``). A
     :class:`jaxflows.errors.UserError` prints ``error: ...`` on stderr and exits with 2."""
-    try:
-        _main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return 0
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str] | None) -> None:

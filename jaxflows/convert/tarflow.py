@@ -80,6 +80,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from jaxflows.convert._cli import run_cli
 from jaxflows.errors import UserError
 from jaxflows.nn.patches import official_to_ours
 
@@ -458,12 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: convert an official checkpoint to an Orbax params checkpoint (or ``.npz``) and
     optionally sample a grid. A :class:`jaxflows.errors.UserError` prints ``error: ...`` on
     stderr and exits with status 2."""
-    try:
-        _main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return 0
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str] | None) -> None:

@@ -58,10 +58,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxflows.convert._cli import run_cli
+from jaxflows.convert._cli import run_cli, write_params
 from jaxflows.convert.tarflow import (
     _first_line,
-    flatten_params,
     load_torch_state_dict,
 )
 from jaxflows.errors import UserError
@@ -298,16 +297,7 @@ def _main(argv: list[str] | None) -> None:
     except ValueError as e:
         raise UserError(f"{args.checkpoint} does not fit the model: {_first_line(e)}",
                         hint="check --config, or --head_dim / --num_classes") from None
-    num = sum(v.size for v in flatten_params(params).values())
-    if to_npz:
-        np.savez(args.out, **flatten_params(params))
-        print(f"wrote {args.out}: {num:,} params")
-    else:
-        from jaxflows.train.pretrained import save_params
-
-        out = save_params(args.out, params)
-        print(f"wrote {out}: {num:,} params (Orbax checkpoint; load it with config.init_from="
-              f"[{{'path': '{out}', 'source': 'params', 'target': 'flow'}}])")
+    write_params(args.out, params, to_npz=to_npz, target="flow")
 
 
 if __name__ == "__main__":

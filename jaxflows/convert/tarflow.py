@@ -80,7 +80,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from jaxflows.convert._cli import run_cli
+from jaxflows.convert._cli import run_cli, write_params
 from jaxflows.errors import UserError
 from jaxflows.nn.patches import official_to_ours
 
@@ -527,16 +527,7 @@ def _main(argv: list[str] | None) -> None:
     except ValueError as e:
         raise UserError(f"{args.checkpoint} does not fit the model: {_first_line(e)}",
                         hint="check --config, or --image_channels / --head_dim") from None
-    num = sum(v.size for v in flatten_params(params).values())
-    if to_npz:
-        np.savez(args.out, **flatten_params(params))
-        print(f"wrote {args.out}: {num:,} params")
-    else:
-        from jaxflows.train.pretrained import save_params
-
-        out = save_params(args.out, params)
-        print(f"wrote {out}: {num:,} params (Orbax checkpoint; load it with config.init_from="
-              f"[{{'path': '{out}', 'source': 'params', 'target': ''}}])")
+    write_params(args.out, params, to_npz=to_npz, target="")
     if args.sample:
         info = DataInfo.for_images(inferred["image_shape"], inferred["num_classes"], 0)
         task = TarFlowTask(config, info)

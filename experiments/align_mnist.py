@@ -64,6 +64,10 @@ Metrics (one row per autoencoder; ``experiments/results/align_mnist.json``):
   up to its latent scale, so its ``knn_nll_lowlevel`` is not small);
 * ``lalign_semantic``, ``lalign_lowlevel``: mean ``L_align`` of the test latent tokens under each
   frozen prior (first ``--lalign_images`` test images, 4 draws per token);
+* ``latent_fd`` and ``rfd_noised_<sigma>`` (:func:`decomposition`): the generator's error in its
+  own latent space, and what a latent error of size sigma costs after decoding;
+* ``analysis`` (:func:`analysis`): the best aligned row against ``none`` with the generator-seed
+  standard error, and the Spearman correlations of ``fd_mnist`` with the other columns;
 * ``latent_scale``; training wall times; per-epoch validation curves of each autoencoder and the
   loss curves of the priors and generators.
 
@@ -102,12 +106,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxflows.eval import mnist_classifier  # noqa: E402
+from jaxflows.eval.mnist_classifier import features, load_split  # noqa: E402
+
 log = logging.getLogger("align_mnist")
 
 TARGETS = ("semantic", "lowlevel")
 #: table columns (the rest of each row stays in the JSON)
 COLUMNS = ["autoencoder", "target", "lambda", "mse", "psnr", "rfd_mnist", "fd_mnist",
-           "fd_mnist_sem", "knn_nll",
+           "fd_mnist_sem", "latent_fd", "rfd_noised_0.1", "rfd_noised_0.3", "knn_nll",
            "knn_nll_semantic", "knn_nll_lowlevel", "lalign_semantic", "lalign_lowlevel",
            "latent_scale", "ae_train_s"]
 LAMBDAS = "0.001,0.005,0.01,0.05"
@@ -171,55 +178,14 @@ def _read_json(path: str):
         return json.load(f)
 
 
-# --- data and the classifier --------------------------------------------------------------------
-
-def load_split(args, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 [N, H, W, 1], labels [N])`` of one split."""
-    from jaxflows.data.registry import load_source
-    from jaxflows.train.input import materialize
-
-    src = materialize(load_source(args.dataset, split, args.data_dir or None))
-    return np.asarray(src.arrays["image"]), np.asarray(src.arrays["label"])
-
+# --- the classifier --------------------------------------------------------------------------
 
 def get_classifier(args, train, test) -> tuple[dict, dict]:
-    """DigitCNN params (cached in ``RUNS_DIR/classifier``) and ``{steps, test_accuracy, ...}``."""
-    import flax.serialization
-
-    from jaxflows.eval import classifier
-
-    directory = os.path.join(args.runs_dir, "classifier")
-    path = os.path.join(directory, "params.msgpack")
-    info_path = os.path.join(directory, "info.json")
-    key = {"dataset": args.dataset, "steps": args.classifier_steps, "seed": args.seed}
-    if os.path.exists(path) and os.path.exists(info_path) and \
-            _read_json(info_path).get("key") == key:
-        with open(path, "rb") as f:  # the params are nested dicts of arrays
-            params = jax.tree.map(jnp.asarray, flax.serialization.msgpack_restore(f.read()))
-        return params, _read_json(info_path)
-    from jaxflows.provenance import write_json_atomic
-
-    t0 = time.time()
-    params = classifier.train_classifier(train[0], train[1], args.classifier_steps,
-                                         jax.random.key(args.seed))
-    info = {"key": key, "train_time_s": time.time() - t0,
-            "test_accuracy": classifier.accuracy(params, *test),
-            "recipe": "jaxflows.eval.classifier.train_classifier (Adam 1e-3 cosine, batch 128)"}
-    os.makedirs(directory, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(flax.serialization.to_bytes(params))
-    os.replace(path + ".tmp", path)
-    write_json_atomic(info_path, info, indent=1)
-    return params, info
-
-
-def features(cls_params, images, chunk: int = 1000) -> np.ndarray:
-    """DigitCNN penultimate features ``[N, 128]`` (float64) of images (uint8 or [0, 1]), in
-    padded chunks of ``chunk`` (one compiled shape for every call)."""
-    from jaxflows.eval.classifier import features as feats
-    from jaxflows.train.task import map_in_chunks
-
-    return map_in_chunks(lambda part: feats(cls_params, part), images, chunk).astype(np.float64)
+    """DigitCNN params (cached in ``RUNS_DIR/classifier``, retrained unless its ``info.json``
+    has this run's dataset, steps and seed) and ``{steps, test_accuracy, ...}``."""
+    path = os.path.join(args.runs_dir, "classifier", "params.msgpack")
+    return mnist_classifier.get_classifier(path, train, test, steps=args.classifier_steps,
+                                           seed=args.seed, dataset=args.dataset, check_key=True)
 
 
 # --- flow-matching models on arrays (priors and generators) -------------------------------------
@@ -599,6 +565,94 @@ def generator_run(row: dict, task, params, scale, z_train, z_test, args, ctx,
     return out
 
 
+NOISE_SIGMAS = (0.1, 0.3)
+
+
+def decomposition(row: dict, task, params, scale, z_test, args, ctx) -> dict:
+    """Where a row's generation FD comes from (cached in ``RUNS_DIR/gen/<row>/decomposition.json``):
+
+    * ``latent_fd``: Fréchet distance, in the generator's own (scaled, flattened) latent space,
+      between the first generator seed's ``--num_samples`` samples (the same Euler draw as its
+      FD-MNIST) and the scaled test latents: the generator's error before decoding;
+    * ``rfd_noised_<sigma>``: FD-MNIST of the test images decoded from ``z * scale + sigma * eps``
+      (divided back by the scale), ``sigma`` in :data:`NOISE_SIGMAS`: how much a latent error of a
+      given size in the generator's units costs after decoding.
+    """
+    from jaxflows.eval.frechet import feature_stats, frechet_distance_from_stats
+    from jaxflows.models.autoencoder import decode_all
+    from jaxflows.provenance import write_json_atomic
+
+    seed = gen_seed_list(args)[0]
+    row_dir = os.path.join(args.runs_dir, "gen", row["name"])
+    cache = os.path.join(row_dir, "decomposition.json")
+    key = {"gen_steps": args.gen_steps, "num_samples": args.num_samples,
+           "euler_steps": args.euler_steps, "seed": seed, "sigmas": list(NOISE_SIGMAS)}
+    if os.path.exists(cache) and _read_json(cache).get("key") == key:
+        return _read_json(cache)["decomposition"]
+    t0 = time.time()
+    gen_dir = os.path.join(row_dir, f"steps{args.gen_steps}_seed{seed}")
+    model, gparams = flow_params(gen_dir)
+    samples = euler_sample(model, gparams, jax.random.key(seed + 11), args.num_samples,
+                           args.euler_steps)
+    test_flat = (z_test.reshape(len(z_test), -1) * scale).astype(np.float64)
+    out = {"latent_fd": frechet_distance_from_stats(
+        *feature_stats(np.asarray(samples, np.float64)), *feature_stats(test_flat))}
+    rng = np.random.default_rng(args.seed + 13)
+    for sigma in NOISE_SIGMAS:
+        noisy = z_test * scale + sigma * rng.standard_normal(z_test.shape)
+        images = decode_all(task, params, (noisy / scale).astype(np.float32))
+        out[f"rfd_noised_{sigma}"] = frechet_distance_from_stats(
+            *feature_stats(features(ctx["cls"], images)), *ctx["test_stats"])
+    out["decomposition_s"] = time.time() - t0
+    write_json_atomic(cache, {"key": key, "decomposition": out}, indent=1)
+    return out
+
+
+def _spearman(a, b) -> float | None:
+    from scipy.stats import spearmanr
+
+    ok = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    if len(ok) < 3:
+        return None
+    return float(spearmanr(*zip(*ok, strict=True)).statistic)
+
+
+def analysis(rows: list[dict]) -> dict:
+    """The verdict on the issue's question and what FD-MNIST follows across the autoencoders of
+    the ``ae`` architecture (the unaligned one and every aligned one): the best aligned row
+    against ``none`` (difference in FD and its standard error from the generator seeds, PSNR
+    cost) and Spearman correlations of ``fd_mnist`` with the other columns."""
+    ae_rows = [r for r in rows if r.get("autoencoder") == "ae"]
+    base = next((r for r in ae_rows if r["target"] == "none"), None)
+    aligned = [r for r in ae_rows if r["target"] != "none"]
+    out: dict = {"rows": [r["name"] for r in ae_rows]}
+    if base is None or not aligned:
+        return out
+    best = min(aligned, key=lambda r: r["fd_mnist"])
+    sems = [r.get("fd_mnist_sem") for r in (best, base)]
+    se = math.sqrt(sum(s * s for s in sems)) if all(s is not None for s in sems) else None
+    within_1db = [r for r in aligned if base["psnr"] - r["psnr"] <= 1.0]
+    rises = {}
+    for target in TARGETS:
+        ordered = sorted((r for r in aligned if r["target"] == target), key=lambda r: r["lambda"])
+        if ordered:
+            rises[target] = all(a["fd_mnist"] < b["fd_mnist"]
+                                for a, b in zip(ordered, ordered[1:], strict=False))
+    out.update(
+        best_aligned=best["name"], best_aligned_fd=best["fd_mnist"], none_fd=base["fd_mnist"],
+        best_minus_none_fd=best["fd_mnist"] - base["fd_mnist"],
+        best_minus_none_se=se,
+        best_psnr_cost_db=base["psnr"] - best["psnr"],
+        aligned_better_within_1db=[r["name"] for r in within_1db
+                                   if r["fd_mnist"] < base["fd_mnist"]],
+        fd_rises_with_lambda=rises,
+        spearman_fd={k: _spearman([r["fd_mnist"] for r in ae_rows], [r.get(k) for r in ae_rows])
+                     for k in ("lambda", "psnr", "rfd_mnist", "latent_fd",
+                               *(f"rfd_noised_{s}" for s in NOISE_SIGMAS), "gen_val_fm_loss",
+                               "latent_std_test")})
+    return out
+
+
 def evaluate_row(row: dict, ae: dict, args, ctx: dict) -> dict:
     """Latent scale, reconstruction and alignment metrics of one trained autoencoder (cached in
     ``RUNS_DIR/gen/<row>/row.json``) and its generators, one per generator seed
@@ -645,6 +699,7 @@ def evaluate_row(row: dict, ae: dict, args, ctx: dict) -> dict:
         write_json_atomic(cache, {"key": key, "row": out}, indent=1)
     gens = [generator_run(row, task, params, scale, z_train, z_test, args, ctx, seed)
             for seed in gen_seed_list(args)]
+    parts = decomposition(row, task, params, scale, z_test, args, ctx)
     fds = [g["fd_mnist"] for g in gens]
     out = dict(out)
     out.update(
@@ -655,7 +710,7 @@ def evaluate_row(row: dict, ae: dict, args, ctx: dict) -> dict:
         gen_val_fm_loss=float(np.mean([g["gen_val_fm_loss"] for g in gens])),
         sample_decode_s=float(np.mean([g["sample_decode_s"] for g in gens])),
         gen_workdirs=[g["gen_workdir"] for g in gens],
-        gen_curves=[g["gen_curve"] for g in gens])
+        gen_curves=[g["gen_curve"] for g in gens], **parts)
     return out
 
 
@@ -706,7 +761,8 @@ def main(argv=None) -> dict:
         sys.argv[1:] if argv is None else list(argv))
     os.makedirs(args.runs_dir, exist_ok=True)
 
-    train, test = load_split(args, "train"), load_split(args, "test")
+    train = load_split(args.dataset, "train", args.data_dir or None)
+    test = load_split(args.dataset, "test", args.data_dir or None)
     ctx = {"train": train, "test": test, "image_shape": train[0].shape[1:]}
     ctx["cls"], cls_info = get_classifier(args, train, test)
     timings["classifier_s"] = time.time() - t0
@@ -770,6 +826,7 @@ def main(argv=None) -> dict:
             ae = train_ae(row["name"], ae_config(args, "ae", align), args)
         out = evaluate_row(row, ae, args, ctx)
         results["rows"].append({"name": row["name"], **out})
+        results["analysis"] = analysis(results["rows"])
         timings[f"row_{row['name']}_s"] = time.time() - t1
         results["wall_time_s"] = time.time() - t0
         results["timings"] = timings

@@ -73,8 +73,10 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
+
+from jaxflows.eval import mnist_classifier  # noqa: E402
+from jaxflows.eval.mnist_classifier import features, load_split  # noqa: E402
 
 log = logging.getLogger("starflow_decoder_finetune")
 
@@ -136,49 +138,15 @@ def _config_module():
     return autoencoder_mnist
 
 
-# --- data and the classifier --------------------------------------------------------------------
-
-def load_split(args, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 [N, H, W, 1], labels [N])`` of one split."""
-    from jaxflows.data.registry import load_source
-    from jaxflows.train.input import materialize
-
-    src = materialize(load_source(args.dataset, split, args.data_dir or None))
-    return np.asarray(src.arrays["image"]), np.asarray(src.arrays["label"])
-
+# --- the classifier --------------------------------------------------------------------------
 
 def get_classifier(args, train, test) -> tuple[dict, dict]:
     """DigitCNN params from ``args.classifier`` (trained and saved there when missing) and
-    ``{test_accuracy, steps, ...}`` (from ``info.json`` beside it when present)."""
-    from jaxflows.eval import classifier
-    from jaxflows.provenance import write_json_atomic
-
-    info_path = os.path.join(os.path.dirname(os.path.abspath(args.classifier)), "info.json")
-    if os.path.exists(args.classifier):
-        params = classifier.load_classifier_params(args.classifier)
-        info = _read_json(info_path) if os.path.exists(info_path) else {}
-        info.setdefault("test_accuracy", classifier.accuracy(params, *test))
-        return params, {k: v for k, v in info.items() if k != "key"} | {
-            "path": _rel(args.classifier)}
-    t0 = time.time()
-    params = classifier.train_classifier(train[0], train[1], args.classifier_steps,
-                                         jax.random.key(args.seed))
-    info = {"key": {"dataset": args.dataset, "steps": args.classifier_steps, "seed": args.seed},
-            "train_time_s": time.time() - t0, "steps": args.classifier_steps,
-            "test_accuracy": classifier.accuracy(params, *test),
-            "recipe": "jaxflows.eval.classifier.train_classifier (Adam 1e-3 cosine, batch 128)"}
-    classifier.save_classifier_params(args.classifier, params)
-    write_json_atomic(info_path, info, indent=1)
-    return params, {k: v for k, v in info.items() if k != "key"} | {
-        "path": _rel(args.classifier)}
-
-
-def features(cls_params, images, chunk: int = 1000) -> np.ndarray:
-    """DigitCNN penultimate features ``[N, 128]`` (float64) of images (uint8 or [0, 1])."""
-    from jaxflows.eval.classifier import features as feats
-    from jaxflows.train.task import map_in_chunks
-
-    return map_in_chunks(lambda part: feats(cls_params, part), images, chunk).astype(np.float64)
+    ``{test_accuracy, steps, path, ...}`` (from ``info.json`` beside it when present)."""
+    params, info = mnist_classifier.get_classifier(
+        args.classifier, train, test, steps=args.classifier_steps, seed=args.seed,
+        dataset=args.dataset)
+    return params, info | {"path": _rel(args.classifier)}
 
 
 # --- the autoencoder and the fine-tuning --------------------------------------------------------
@@ -330,7 +298,8 @@ def main(argv=None) -> dict:
         sys.argv[1:] if argv is None else list(argv))
     os.makedirs(args.runs_dir, exist_ok=True)
 
-    train, test = load_split(args, "train"), load_split(args, "test")
+    train = load_split(args.dataset, "train", args.data_dir or None)
+    test = load_split(args.dataset, "test", args.data_dir or None)
     n_eval = min(args.num_eval, len(test[0]))
     ctx = {"image_shape": train[0].shape[1:], "test_x": test[0][:n_eval]}
     ctx["cls"], cls_info = get_classifier(args, train, test)

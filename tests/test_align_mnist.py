@@ -60,6 +60,32 @@ def test_euler_sampler_matches_the_task_sampler(script):
 
 
 @pytest.mark.slow
+def _row(name, target, lam, fd, sem, psnr, **extra):
+    return {"name": name, "autoencoder": "ae", "target": target, "lambda": lam, "fd_mnist": fd,
+            "fd_mnist_sem": sem, "psnr": psnr, "rfd_mnist": fd / 50, **extra}
+
+
+def test_analysis_names_the_best_aligned_row_and_its_noise(script):
+    rows = [{"name": "kl", "autoencoder": "kl", "target": "none", "lambda": 0.0,
+             "fd_mnist": 1.0, "psnr": 30.0},  # another architecture: not compared
+            _row("none", "none", 0.0, 130.0, 3.0, 24.0),
+            _row("semantic_0.001", "semantic", 0.001, 128.0, 4.0, 23.5),
+            _row("semantic_0.01", "semantic", 0.01, 140.0, 1.0, 23.8),
+            _row("lowlevel_0.001", "lowlevel", 0.001, 150.0, 1.0, 22.0),
+            _row("lowlevel_0.01", "lowlevel", 0.01, 145.0, 1.0, 21.0)]
+    out = script.analysis(rows)
+    assert out["rows"] == ["none", "semantic_0.001", "semantic_0.01", "lowlevel_0.001",
+                           "lowlevel_0.01"]
+    assert out["best_aligned"] == "semantic_0.001"
+    assert out["best_minus_none_fd"] == pytest.approx(-2.0)
+    assert out["best_minus_none_se"] == pytest.approx(5.0)
+    assert out["best_psnr_cost_db"] == pytest.approx(0.5)
+    assert out["aligned_better_within_1db"] == ["semantic_0.001"]
+    assert out["fd_rises_with_lambda"] == {"semantic": True, "lowlevel": False}
+    assert out["spearman_fd"]["rfd_mnist"] == pytest.approx(1.0)
+    assert out["spearman_fd"]["latent_fd"] is None  # no such column
+
+
 def test_align_mnist_quick(script, tmp_path):
     out = tmp_path / "results" / "align_mnist.json"
     # two autoencoders (the lowlevel rows train exactly as the semantic ones, another prior)
@@ -86,6 +112,8 @@ def test_align_mnist_quick(script, tmp_path):
         assert r["fd_mnist_sem"] == pytest.approx(
             np.std(r["fd_mnist_per_seed"], ddof=1) / np.sqrt(2))
         assert r["fd_mnist_per_seed"][0] != r["fd_mnist_per_seed"][1]
+        # the decomposition: the generator's latent FD and the decoder's noise sensitivity
+        assert r["latent_fd"] >= 0 and r["rfd_noised_0.3"] >= 0
         # the latent scale is stored with the autoencoder's checkpoint
         wd = r["ae_workdir"] if os.path.isabs(r["ae_workdir"]) else os.path.join(REPO,
                                                                                  r["ae_workdir"])

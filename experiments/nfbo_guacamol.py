@@ -271,7 +271,7 @@ def main(argv=None) -> int:
         "name": os.path.splitext(os.path.basename(out))[0],
         "title": f"NF-BO on Guacamol ({args.setting} setting)" + (
             ", interim: the runs finished so far (seeds per cell in parentheses)"
-            if args.collect_only else ""),
+            if len(summaries) < len(tasks) * len(methods) * len(seeds) else ""),
         "protocol": (f"setting {args.setting}: {first['initial']['n']} initial molecules "
                      f"({first['initial'].get('source', '?')}, see "
                      f"experiments/configs/nfbo_guacamol.py) + "

@@ -19,6 +19,12 @@ Rows (``experiments/configs/starflow_mnist.py:ROW``):
     learned positions, class embeddings, Gaussian noise 0.1 in [-1, 1] pixel units, label
     dropout 0.1): about 2.05M parameters, within 3% of ``cpu``'s total. Same optimiser, batch
     and schedule as ``cpu``.
+  * ``uniform_cpu``: ``cpu`` with a uniform-depth layout of the same size, ``2-2-2-2-2``: five
+    blocks of 2 layers (TarFlow's layout, that of ``pixel_cpu``) instead of ``6(3)``, same width,
+    head dim and everything else; the same 10 Transformer layers, so the parameter count is
+    within 1% of ``cpu``'s. For the sampling-speed comparison of the deep-shallow layout
+    (``experiments/starflow_mnist.py``: 3 x 49 sequential token steps against 5 x 49);
+    untrained parameters suffice for timing.
   * ``smoke``: ``cpu``'s structure, tiny, on the embedded 8x8 digits with a randomly initialised
     frozen autoencoder (``autoencoder='random'``, one stride-2 level: 4x4x4 latents), so it
     needs no pretrained workdir; < 60 s on a CPU.
@@ -52,7 +58,10 @@ from tarflow_recipe import official_recipe_config
 from jaxflows.models import starflow_config as sc
 from jaxflows.models import tarflow_config as tc
 
-ROWS = ("cpu", "pixel_cpu", "smoke")
+ROWS = ("cpu", "pixel_cpu", "uniform_cpu", "smoke")
+#: ``layers_per_block`` of the deep-shallow ``cpu`` row and of its uniform-depth twin
+DEEP_SHALLOW_LAYERS = (2, 2, 6)
+UNIFORM_LAYERS = (2, 2, 2, 2, 2)
 #: the autoencoder workdir of the ``cpu`` row, relative to the repository root
 AE_WORKDIR = os.path.join("runs", "starflow_ae")
 
@@ -76,7 +85,7 @@ def _cpu_schedule(c):
 
 
 def get_config(arg: str = "cpu"):
-    """Returns the config of row ``arg`` (cpu | pixel_cpu | smoke)."""
+    """Returns the config of row ``arg`` (cpu | pixel_cpu | uniform_cpu | smoke)."""
     if arg not in ROWS:
         raise ValueError(f"unknown row {arg!r}; rows: {', '.join(ROWS)}")
     c = official_recipe_config(learning_rate=1e-3)
@@ -84,11 +93,12 @@ def get_config(arg: str = "cpu"):
     c.data.image_shape = (28, 28, 1)
     c.data.num_classes = 10
     c.dtype = "float32"
-    if arg == "cpu":
+    if arg in ("cpu", "uniform_cpu"):
         workdir = _repo_path(AE_WORKDIR)
         ae = sc.ae_config_from_workdir(workdir) or sc.default_ae_config(mode="kl")
+        layers = DEEP_SHALLOW_LAYERS if arg == "cpu" else UNIFORM_LAYERS
         c.model = sc.default_model_config(
-            width=128, layers_per_block=(2, 2, 6), head_dim=32, num_classes=10,
+            width=128, layers_per_block=layers, head_dim=32, num_classes=10,
             autoencoder=workdir, ae=ae, latent_scale=sc.latent_scale_from_workdir(workdir),
             noise_std=0.3, drop_label=0.1, sample_guidance=1.0, sample_rule="gaussian")
         c.init_from = ({"path": workdir, "source": "best_params", "target": "autoencoder"},)

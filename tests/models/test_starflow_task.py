@@ -341,5 +341,12 @@ def test_mnist_rows_are_the_same_size_and_build():
     n_pix = count_params(model_from_config(_load_config("starflow_mnist", "pixel_cpu"),
                                            (28, 28, 1)))
     assert abs(n_pix - n_cpu) / n_cpu < 0.10, (n_pix, n_cpu)
+    # the uniform-depth twin of the speed comparison: the same size, five 2-layer blocks
+    uniform = _load_config("starflow_mnist", "uniform_cpu")
+    uniform.model.latent_scale = 1.0
+    n_uni, task_uni = _num_params(uniform)
+    assert task_uni.model.layers_per_block == (2, 2, 2, 2, 2)
+    assert task.model.layers_per_block == (2, 2, 6)
+    assert abs(n_uni - n_cpu) / n_cpu < 0.10, (n_uni, n_cpu)
     with pytest.raises(ValueError, match="unknown row"):
         _load_config("starflow_mnist", "nope")

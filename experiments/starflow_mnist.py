@@ -1,0 +1,878 @@
+"""STARFlow on MNIST latents against a pixel TarFlow of equal size (Gu et al. 2025, "STARFlow",
+arXiv 2506.06276, at MNIST scale): guidance sweeps with both rules, sampling speed of the
+deep-shallow layout and of Jacobi decoding, and the decoder fine-tuned on noisy latents.
+
+    # the full experiment (MNIST); every stage is cached in --runs_dir and a rerun resumes
+    python experiments/starflow_mnist.py --runs_dir runs/starflow_mnist
+    # reusing a trained KL autoencoder and a classifier (a workdir with eval.json; msgpack)
+    python experiments/starflow_mnist.py --ae_workdir runs/starflow_ae \\
+        --classifier runs/align_mnist/classifier/params.msgpack
+    # a test: the embedded 8 x 8 digits, everything tiny (about 4 CPU minutes, most of it
+    # XLA compilation of some 25 programs; it is not under a minute)
+    python experiments/starflow_mnist.py --quick --data_dir DIR --runs_dir RUNS --out OUT.json
+
+CPU time per stage of the full run. These are **estimates**, not a measurement of the full run
+(which has not been run yet): the classifier, autoencoder and fine-tuning figures are those
+measured for ``starflow_decoder_finetune.py``, the training time is what the
+``starflow_mnist.py`` rows are sized for, and the sampling cost was measured as process CPU time
+of one batch of 1,000 with the ``cpu`` / ``uniform_cpu`` / ``pixel_cpu`` shapes and untrained
+weights (guidance 1, denoiser, decoder) on this 2-core machine while it was shared: STARFlow
+about 58 CPU-s per 1,000 samples, the uniform layout 49, the pixel TarFlow 68 (so at this batch
+the uniform layout is *faster* on a CPU: its guided block, the only one on a doubled batch, has
+2 layers, the deep block 6). Wall time is CPU time on a quiet machine at best; on this one,
+shared with other jobs, wall time was 3-4x the CPU time.
+
+=================================  ============================================================
+stage                              estimate (CPU time)
+=================================  ============================================================
+0. classifier (600 steps)          ~3 min (none when ``--classifier`` exists)
+1. KL autoencoder (1.5 epochs)     ~2 min (none with ``--ae_workdir``)
+2. decoder fine-tuning (3 epochs)  ~8 min, with its reconstruction metrics
+3. training                        ~2 min calibration, then 2 x 20-30 min (STARFlow's 5 epochs,
+                                   the same time for the pixel TarFlow)
+4. guidance sweep                  11 STARFlow settings x ~10 min + 6 pixel x ~11 min: ~3 h
+5. speed and decoders              ~15 min (batches 16 and 1,000) + ~10 min (one 10,000 draw,
+                                   four decodings)
+=================================  ============================================================
+
+About 4-4.5 CPU hours in all, three quarters of it the sweep (``--num_samples 2000`` cuts the
+sweep five-fold, at the cost of noisier FD).
+
+**Stages** (each cached under ``--runs_dir``, default ``runs/starflow_mnist``; a stage whose
+output exists is skipped, an interrupted training resumes from its checkpoint; use a new
+``--runs_dir`` after changing the recipe):
+
+0. **classifier**: the project's DigitCNN (:mod:`jaxflows.eval.mnist_classifier`) in
+   ``--classifier`` (default ``RUNS/classifier/params.msgpack``), trained when missing; FD-MNIST
+   is the Fréchet distance between its 128-d features of the samples and of the 10,000 test
+   images, class accuracy the fraction of samples it assigns to the class they were drawn for.
+1. **autoencoder** (``RUNS/ae`` or ``--ae_workdir``): ``autoencoder_mnist.py:kl`` trained by the
+   engine, and its latent scale (``1 / std`` of the posterior means of the training images)
+   saved in ``latent_scale.json`` (:func:`starflow_decoder_finetune.get_scale`), as the
+   ``starflow_mnist.py`` config docstring prescribes.
+2. **decoder fine-tuning** (``RUNS/decoder``): ``starflow_decoder_finetune.main`` on that
+   autoencoder and classifier (decoder trained on ``z + (0.3 / scale) eps``, encoder frozen);
+   its results (reconstruction from clean and noisy latents) are kept in
+   ``RUNS/decoder/starflow_decoder.json`` and summarised in ours.
+3. **training, equal wall time** (``RUNS/train/{starflow,tarflow_pixel}``): the engine
+   (:mod:`jaxflows.train`) has no wall-clock budget, so equal time is enforced by
+   **calibration** (``--equal_time calibrate``, the default): both models' train steps are timed
+   back to back (``--calib_steps`` steps each after a compiled warm-up, same data pipeline, same
+   machine load), STARFlow trains its config's schedule (``starflow_mnist.py:cpu``, 5 epochs)
+   and the pixel TarFlow (``starflow_mnist.py:pixel_cpu``) ``round(steps_starflow *
+   rate_pixel / rate_starflow)`` steps, its learning-rate schedule compressed to that length.
+   Both measured wall times (evaluations and checkpoints included, as the engine counts them)
+   and their ratio are reported, so the equality is checked, not assumed. ``--equal_time
+   steps`` trains both for the same schedule instead. Parameters are counted as ``jaxflows
+   info`` does (the shapes of the params tree); STARFlow's frozen autoencoder is reported apart
+   (``params_frozen_autoencoder``) and not in ``params``.
+4. **guidance sweep** (``RUNS/sweep``): for every ``w`` in ``--weights`` (0, 0.5, 1, 2, 3, 5):
+   STARFlow with the rule ``starflow`` (the Gaussian product ``p_c^{1+w} / p_u^w``, sampler rule
+   ``gaussian``) and with ``tarflow`` (TarFlow's linear extrapolation of ``mu`` and
+   ``log sigma``, sampler rule ``linear``), both on the deep block only, unannealed, then the
+   one-step score denoiser and the original decoder (the official behaviour without a
+   fine-tuned decoder); the pixel TarFlow with its own rule (linear, annealed over the tokens
+   as its config says, and its one-step denoiser). ``--num_samples`` class-balanced samples
+   (label ``i % 10``) per setting, in batches of ``--sample_batch``, the same noise seed for
+   every setting. At ``w = 0`` the two STARFlow rules are the same computation and the entry is
+   shared. Images/s of each sweep setting exclude the first batch (compilation).
+5. **speed and decoders** (``RUNS/speed``, ``RUNS/decoders``): images/s of the whole sampling
+   path (sample, denoise, decode) at each of ``--speed_batches`` (16, the paper's Table 5
+   batch, and ``--sample_batch``) with guidance ``--speed_guidance``: STARFlow's deep-shallow
+   layout (trained) and the uniform-depth layout of equal size (``starflow_mnist.py:uniform_cpu``,
+   five 2-layer blocks, untrained: sequential sampling does the same work whatever the
+   weights), both sequential; STARFlow with block-wise Jacobi (``--jacobi_chunk`` tokens,
+   threshold 1e-3, at most 32 iterations: the official settings); the pixel TarFlow. One
+   warm-up call compiles (``compile_s`` is its time minus a timed call; about 0 when the sweep
+   compiled the same sampler already), then ``--speed_reps`` timed calls. Decoders: one draw
+   of ``--num_samples`` STARFlow latents at its best weight (rule ``starflow``; the sweep's
+   draw), decoded by the original and the fine-tuned decoder,
+   each with and without the score denoiser (the official choice: the fine-tuned decoder
+   without it).
+
+Writes ``--out`` (default ``experiments/results/starflow_mnist.json``): ``rows`` (one per model:
+``name``, ``params``, ``train_wall_time_s``, ``sample_images_per_s``, ``guidance[]`` of
+``{rule, weight, fd_mnist, class_accuracy, ...}``, best weight), ``guidance_rows`` (the same
+entries flat, for a table), ``speed_rows``, ``decoder_rows``, ``checks`` (the claims with their
+numbers: STARFlow's best FD against the pixel TarFlow's, FD at ``w = 5`` over the best for both
+rules, the deep-shallow / uniform speed ratio, equal size and time), ``calibration``, the
+decoder fine-tuning summary, and provenance (command, git commit, machine, wall times); and the
+Markdown tables next to it (``.md``). ``--quick`` runs everything tiny on the embedded 8 x 8
+``digits`` (a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxflows.eval import mnist_classifier  # noqa: E402
+
+log = logging.getLogger("starflow_mnist")
+
+CONFIG = os.path.join(HERE, "configs", "starflow_mnist.py")
+WEIGHTS = "0,0.5,1,2,3,5"
+#: rule names in the results -> ``StarFlowTask.sample(rule=...)``
+STARFLOW_RULES = {"starflow": "gaussian", "tarflow": "linear"}
+MODELS = ("starflow", "tarflow_pixel")
+COLUMNS = ["name", "layout", "params", "params_frozen_autoencoder", "train_steps",
+           "train_wall_time_s", "sample_images_per_s", "best_rule", "best_weight",
+           "best_fd_mnist", "best_class_accuracy"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs_dir", default=os.path.join("runs", "starflow_mnist"))
+    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results",
+                                                 "starflow_mnist.json"))
+    p.add_argument("--data_dir", default="", help="dataset cache ('' = the default)")
+    p.add_argument("--ae_workdir", default="", help="trained KL autoencoder ('' = RUNS/ae)")
+    p.add_argument("--classifier", default="",
+                   help="DigitCNN params ('' = RUNS/classifier/params.msgpack)")
+    p.add_argument("--classifier_steps", type=int, default=600)
+    p.add_argument("--ae_epochs", type=float, default=1.5)
+    p.add_argument("--ft_epochs", type=float, default=3.0, help="decoder fine-tuning epochs")
+    p.add_argument("--equal_time", default="calibrate", choices=("calibrate", "steps"))
+    p.add_argument("--calib_steps", type=int, default=20)
+    p.add_argument("--train_steps", type=int, default=0,
+                   help="STARFlow's training steps (0 = its config's schedule)")
+    p.add_argument("--weights", default=WEIGHTS)
+    p.add_argument("--num_samples", type=int, default=10_000)
+    p.add_argument("--sample_batch", type=int, default=1000)
+    p.add_argument("--speed_batches", default="", help="'' = 16 and --sample_batch")
+    p.add_argument("--speed_guidance", type=float, default=1.0)
+    p.add_argument("--speed_reps", type=int, default=2)
+    p.add_argument("--jacobi_chunk", type=int, default=7, help="tokens per Jacobi chunk")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="everything tiny, on digits (a test)")
+    args = p.parse_args(argv)
+    args.dataset = "mnist"
+    if args.quick:
+        args.dataset = "digits"
+        quick = dict(classifier_steps=30, ae_epochs=3.0, ft_epochs=1.0, calib_steps=3,
+                     train_steps=30, weights="0,5", num_samples=40, sample_batch=20,
+                     speed_guidance=5.0, speed_reps=1, jacobi_chunk=2)
+        for key, value in quick.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
+    args.weight_values = [float(w) for w in args.weights.split(",") if w]
+    args.sample_batch = min(args.sample_batch, args.num_samples)
+    if args.num_samples % args.sample_batch:
+        p.error(f"--num_samples {args.num_samples} must be a multiple of --sample_batch "
+                f"{args.sample_batch} (one compiled shape)")
+    args.speed_batch_values = ([int(b) for b in args.speed_batches.split(",") if b]
+                               if args.speed_batches else
+                               ([args.sample_batch] if args.quick
+                                else sorted({16, args.sample_batch})))
+    if not args.ae_workdir:
+        args.ae_workdir = os.path.join(args.runs_dir, "ae")
+    if not args.classifier:
+        args.classifier = os.path.join(args.runs_dir, "classifier", "params.msgpack")
+    return args
+
+
+def _rel(path: str) -> str:
+    path = os.path.abspath(path)
+    return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _cached(path: str, key: dict):
+    """The ``value`` stored in ``path`` under the same ``key``, else None."""
+    if os.path.exists(path):
+        saved = _read_json(path)
+        if saved.get("key") == json.loads(json.dumps(key)):
+            return saved["value"]
+    return None
+
+
+def _store(path: str, key: dict, value):
+    from jaxflows.provenance import write_json_atomic
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json_atomic(path, {"key": key, "value": value}, indent=1)
+    return value
+
+
+def decoder_finetune_module():
+    """``experiments/starflow_decoder_finetune.py`` as a module (its stages are reused)."""
+    name = "starflow_decoder_finetune"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def decoder_argv(args) -> list[str]:
+    """``starflow_decoder_finetune.py`` arguments for our autoencoder, classifier and runs dir."""
+    argv = ["--runs_dir", os.path.join(args.runs_dir, "decoder"),
+            "--out", os.path.join(args.runs_dir, "decoder", "starflow_decoder.json"),
+            "--ae_workdir", args.ae_workdir, "--ae_kind", "kl",
+            "--ae_epochs", str(args.ae_epochs), "--classifier", args.classifier,
+            "--classifier_steps", str(args.classifier_steps), "--epochs", str(args.ft_epochs),
+            "--seed", str(args.seed)]
+    if args.data_dir:
+        argv += ["--data_dir", args.data_dir]
+    return argv + (["--quick"] if args.quick else [])
+
+
+# --- configs --------------------------------------------------------------------------------
+
+def _row_config(row: str):
+    from jaxflows.train.config_loader import load_config_file
+
+    return load_config_file(f"{CONFIG}:{row}")
+
+
+def starflow_config(args, ae_workdir: str, scale: float, layout: str = "deep_shallow"):
+    """``starflow_mnist.py:cpu`` (``uniform_cpu`` for ``layout='uniform'``) on the autoencoder
+    in ``ae_workdir``; ``--quick``: the ``smoke`` row's sizes (uniform: 4 blocks of 1 layer)
+    with that autoencoder."""
+    from jaxflows.models import starflow_config as sc
+
+    if args.quick:
+        config = _row_config("smoke")
+        config.model.layers_per_block = (1, 1, 2) if layout == "deep_shallow" else (1, 1, 1, 1)
+        config.data.image_shape = ()
+        config.train.eval_every_epochs = 0.0
+        config.train.num_steps = args.train_steps
+    else:
+        config = _row_config("cpu" if layout == "deep_shallow" else "uniform_cpu")
+        if args.train_steps:
+            config.train.num_steps = args.train_steps
+    m = config.model
+    m.autoencoder = os.path.abspath(ae_workdir)
+    m.ae = sc.ae_config_from_workdir(ae_workdir)
+    m.latent_scale = float(scale)
+    config.init_from = ({"path": os.path.abspath(ae_workdir), "source": "best_params",
+                         "target": "autoencoder"},)
+    config.optim.freeze = ("autoencoder/.*",)
+    return _common(config, args)
+
+
+def pixel_config(args, num_steps: int = 0):
+    """``starflow_mnist.py:pixel_cpu``; ``--quick``: shrunk to the 8 x 8 digits (patch 2, width
+    64, 4 blocks of 1 layer). ``num_steps > 0`` replaces the schedule's length."""
+    from jaxflows.models import tarflow_config as tc
+
+    config = _row_config("pixel_cpu")
+    if args.quick:
+        config.data.name = "digits"
+        config.data.image_shape = ()
+        config.data.num_classes = 0
+        config.model = tc.default_model_config(
+            patch_size=2, channels=64, head_dim=32, num_blocks=4, layers_per_block=1,
+            num_classes=10, drop_label=0.1, noise_type="gaussian", noise_std=0.1,
+            sample_guidance=1.0)
+        config.train.batch_size = 64
+        config.train.eval_batch_size = 200
+        config.train.eval_every_epochs = 0.0
+        config.train.log_every_steps = 10
+        config.optim.warmup_epochs = 0.5
+    if num_steps:
+        config.train.num_steps = int(num_steps)
+    return _common(config, args)
+
+
+def _common(config, args):
+    config.seed = args.seed
+    config.train.progress_bar = False
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    return config
+
+
+def param_counts(config) -> dict:
+    """``{params, params_frozen_autoencoder}`` of a config from its parameter shapes (``jaxflows
+    info``'s count; nothing is allocated): the ``autoencoder`` subtree apart."""
+    import math
+
+    from jaxflows.train.loop import build
+
+    params = build(config).abstract_state().params
+    count = lambda tree: int(sum(math.prod(a.shape) for a in jax.tree.leaves(tree)))  # noqa
+    ae = params.get("autoencoder") if isinstance(params, dict) else None
+    total = count(params)
+    frozen = count(ae) if ae is not None else 0
+    return {"params": total - frozen, "params_frozen_autoencoder": frozen}
+
+
+def layout_name(config) -> str:
+    """``l(N)-d`` for STARFlow (deep block of ``l`` layers, ``N`` blocks, width ``d``) or
+    ``'uniform a-b-c-d'``; TarFlow's ``T x K-C`` (blocks x layers, width)."""
+    m = config.model
+    if "layers_per_block" in m and not isinstance(m.layers_per_block, int):
+        layers = tuple(int(v) for v in m.layers_per_block)
+        if len(set(layers)) == 1:
+            return f"uniform {'-'.join(map(str, layers))}, width {m.width}"
+        return f"{layers[-1]}({len(layers)})-{m.width}"
+    return f"{m.num_blocks} x {m.layers_per_block}-{m.channels}, patch {m.patch_size}"
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def probe_rate(config, steps: int) -> float:
+    """Training steps per second of ``config``: the engine's compiled train step on batches of
+    its data pipeline, ``steps`` steps timed after two warm-up steps (compilation)."""
+    from jaxflows.data import pipeline
+    from jaxflows.train.loop import build, open_split
+
+    run = build(config)
+    iterator = pipeline.train_iterator(
+        open_split(run, config.data.train_split), global_batch_size=config.train.batch_size,
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    with jax.set_mesh(run.mesh):
+        state = run.init_state()
+        for _ in range(2):
+            state, metrics = run.train_step(state, run.global_batch(next(iterator)))
+        jax.block_until_ready(metrics)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = run.train_step(state, run.global_batch(next(iterator)))
+        jax.block_until_ready(metrics)
+        return steps / (time.perf_counter() - t0)
+
+
+def calibrate(args, star_cfg) -> dict:
+    """The pixel TarFlow's step count for STARFlow's wall time (cached in
+    ``RUNS/train/calibration.json``)."""
+    from jaxflows.train.loop import build
+
+    star_steps = build(star_cfg).total_steps
+    path = os.path.join(args.runs_dir, "train", "calibration.json")
+    key = {"mode": args.equal_time, "calib_steps": args.calib_steps, "star_steps": star_steps}
+    cached = _cached(path, key)
+    if cached is not None:
+        return cached
+    if args.equal_time == "steps":
+        out = {"starflow_steps": star_steps, "tarflow_pixel_steps": star_steps,
+               "method": "the same number of steps (and schedule) for both"}
+    else:
+        rate_star = probe_rate(star_cfg, args.calib_steps)
+        rate_pix = probe_rate(pixel_config(args, num_steps=star_steps), args.calib_steps)
+        out = {"starflow_steps": star_steps,
+               "tarflow_pixel_steps": max(1, int(round(star_steps * rate_pix / rate_star))),
+               "starflow_steps_per_s": rate_star, "tarflow_pixel_steps_per_s": rate_pix,
+               "probe_steps": args.calib_steps,
+               "method": "calibrated: both train steps timed back to back, the pixel model "
+                         "gets STARFlow's schedule length times the rate ratio"}
+    log.info("calibration: %s", out)
+    return _store(path, key, out)
+
+
+def train_model(workdir: str, config) -> dict:
+    """Trains (resumes; reuses a workdir with ``eval.json``) and returns its summary."""
+    from jaxflows.train import train
+
+    if not os.path.exists(os.path.join(workdir, "eval.json")):
+        log.info("training %s", workdir)
+        os.makedirs(workdir, exist_ok=True)
+        train(config, workdir)
+    summary = _read_json(os.path.join(workdir, "train_summary.json"))
+    evals = _read_json(os.path.join(workdir, "eval.json"))
+    curve = []
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if "loss" in r and "val_loss" not in r:
+                curve.append([r["step"], r["loss"]])
+    return {"workdir": _rel(workdir), "train_wall_time_s": summary["train_wall_time_s"],
+            "epochs": summary.get("epochs"),
+            "test": {k: v for k, v in evals.items() if isinstance(v, (int, float))},
+            "loss_curve": curve}
+
+
+def load_trained(workdir: str, config):
+    """``(run, eval params, checkpoint step)`` of a trained workdir."""
+    from jaxflows.train.loop import build, restore_for_eval
+
+    run = build(config)
+    step, state = restore_for_eval(run, workdir)
+    return run, state.eval_params(), int(step)
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+def starflow_fn(task, params, *, weight: float, rule: str, denoise: bool = True,
+                jacobi_chunk: int = 0, return_latents: bool = False):
+    """``(key, labels [B]) -> samples [B, ...]`` of a STARFlow task (sampler rule ``rule``)."""
+    def fn(key, labels):
+        return task.sample(params, key, len(labels), guidance=weight, rule=rule,
+                           class_label=labels, denoise=denoise, jacobi_chunk=jacobi_chunk,
+                           batch_size=len(labels), return_latents=return_latents)
+    return fn
+
+
+def tarflow_fn(task, params, *, weight: float):
+    """``(key, labels [B]) -> images [B, H, W, C]`` in [0, 1] of the pixel TarFlow (its own
+    rule and annealing from its config, the one-step denoiser)."""
+    def fn(key, labels):
+        return task.sample(params, key, len(labels), guidance=weight, class_label=labels,
+                           denoise=True, batch_size=len(labels))
+    return fn
+
+
+def draw(fn, labels: np.ndarray, batch: int, seed: int, mesh) -> tuple[np.ndarray, dict]:
+    """All of ``labels`` through ``fn`` in batches (batch ``i`` with key ``fold_in(key(seed),
+    i)``); returns the samples and timings: ``images_per_s`` over the batches after the first
+    (which compiles), ``compile_s`` the first batch's extra time (with one batch: the rate
+    includes compilation, ``timed_without_compile`` False)."""
+    rng = jax.random.key(seed)
+    outs, times = [], []
+    with jax.set_mesh(mesh):
+        for i, start in enumerate(range(0, len(labels), batch)):
+            t0 = time.perf_counter()
+            out = np.asarray(jax.device_get(fn(jax.random.fold_in(rng, i),
+                                               labels[start:start + batch])))
+            times.append(time.perf_counter() - t0)
+            outs.append(out)
+    steady = len(times) > 1
+    n_rest = len(labels) - min(batch, len(labels))
+    timing = {"sample_s": float(sum(times)), "first_batch_s": times[0],
+              "images_per_s": (n_rest / sum(times[1:]) if steady
+                               else len(labels) / times[0]),
+              "compile_s": (max(0.0, times[0] - float(np.mean(times[1:]))) if steady
+                            else None),
+              "timed_without_compile": steady}
+    return np.concatenate(outs), timing
+
+
+def time_sampler(fn, labels: np.ndarray, reps: int, seed: int, mesh) -> dict:
+    """``images_per_s`` of ``fn`` on one batch ``labels`` over ``reps`` timed calls after a
+    warm-up call; ``compile_s`` = warm-up time minus the mean timed call."""
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(jax.random.key(seed), labels))
+        first = time.perf_counter() - t0
+        times = []
+        for r in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(jax.random.key(seed + 1 + r), labels))
+            times.append(time.perf_counter() - t0)
+    call = float(np.mean(times))
+    return {"images_per_s": len(labels) / call, "call_s": call, "first_call_s": first,
+            "compile_s": max(0.0, first - call), "reps": reps}
+
+
+def balanced_labels(num: int, num_classes: int = 10) -> np.ndarray:
+    """``i % num_classes`` for ``i < num``: class-balanced labels ``[num]`` int32."""
+    return (np.arange(num) % num_classes).astype(np.int32)
+
+
+def _save_first(path: str, images: np.ndarray, labels: np.ndarray, n: int = 100) -> None:
+    """The first ``n`` samples (sorted by label) as uint8 ``.npy`` for figures."""
+    first = np.asarray(images[:n])
+    first = first[np.argsort(labels[:n], kind="stable")]
+    if first.dtype != np.uint8:
+        first = np.round(np.clip(first, 0.0, 1.0) * 255).astype(np.uint8)
+    np.save(path, first)
+
+
+def sweep_entry(name: str, rule: str, weight: float, fn, args, ctx, extra: dict) -> dict:
+    """One guidance setting: ``--num_samples`` class-balanced samples scored (cached in
+    ``RUNS/sweep/<name>_<rule>_w<weight>.json``)."""
+    directory = os.path.join(args.runs_dir, "sweep")
+    stem = os.path.join(directory, f"{name}_{rule}_w{weight:g}")
+    key = {"num_samples": args.num_samples, "sample_batch": args.sample_batch,
+           "seed": args.seed, "checkpoint": ctx["checkpoints"][name]}
+    cached = _cached(stem + ".json", key)
+    if cached is not None:
+        return cached
+    labels = balanced_labels(args.num_samples)
+    images, timing = draw(fn, labels, args.sample_batch, args.seed + 100, ctx["mesh"][name])
+    scores = mnist_classifier.score_samples(ctx["cls"], images, labels, ctx["test_stats"])
+    entry = {"rule": rule, "weight": weight, "fd_mnist": scores["fd_mnist"],
+             "class_accuracy": scores["class_accuracy"], **extra, **timing,
+             "num_samples": args.num_samples,
+             "class_accuracy_per_class": scores["class_accuracy_per_class"]}
+    os.makedirs(directory, exist_ok=True)
+    _save_first(stem + "_first100.npy", images, labels)
+    log.info("%s %s w=%g: fd %.3f acc %.4f (%.1f img/s)", name, rule, weight, entry["fd_mnist"],
+             entry["class_accuracy"], entry["images_per_s"])
+    return _store(stem + ".json", key, entry)
+
+
+def best_of(entries: list[dict], rule: str | None = None) -> dict | None:
+    """The entry with the lowest FD-MNIST (of ``rule`` when given)."""
+    pool = [e for e in entries if rule is None or e["rule"] == rule]
+    return min(pool, key=lambda e: e["fd_mnist"]) if pool else None
+
+
+# --- the decoders -------------------------------------------------------------------------------
+
+def decoder_rows(task, params, ft_dir: str, weight: float, args, ctx) -> list[dict]:
+    """One draw of STARFlow latents at ``weight`` (rule ``starflow``), decoded by the original
+    and the fine-tuned decoder, each with and without the one-step score denoiser."""
+    from jaxflows.models.autoencoder import load_autoencoder
+
+    path = os.path.join(args.runs_dir, "decoders", f"w{weight:g}.json")
+    key = {"num_samples": args.num_samples, "sample_batch": args.sample_batch,
+           "seed": args.seed, "checkpoint": ctx["checkpoints"]["starflow"],
+           "finetuned": _rel(ft_dir)}
+    cached = _cached(path, key)
+    if cached is not None:
+        return cached
+    labels = balanced_labels(args.num_samples)
+    mesh = ctx["mesh"]["starflow"]
+    fn = starflow_fn(task, params, weight=weight, rule=STARFLOW_RULES["starflow"],
+                     denoise=False, return_latents=True)
+    latents, _ = draw(fn, labels, args.sample_batch, args.seed + 100, mesh)  # the sweep's draw
+    _, ft = load_autoencoder(ft_dir, image_shape=ctx["image_shape"])
+    if jax.tree.structure(ft["decoder"]) != jax.tree.structure(params["autoencoder"]["decoder"]):
+        raise ValueError(f"the fine-tuned decoder in {ft_dir} is not STARFlow's decoder")
+    decoders = {"original": params,
+                "finetuned": {**params, "autoencoder": {**params["autoencoder"],
+                                                        "decoder": ft["decoder"]}}}
+    sigma = task.noise_std
+    denoise = jax.jit(lambda p, x, c: task.denoise(p, x, c, sigma))
+    decode = jax.jit(task.decode)
+    b = args.sample_batch
+    with jax.set_mesh(mesh):
+        cond = np.asarray(task.resolve_labels(jax.random.key(0), len(labels), labels))
+        denoised = np.concatenate([np.asarray(denoise(params["flow"], latents[s:s + b],
+                                                      cond[s:s + b]))
+                                   for s in range(0, len(labels), b)])
+        rows = []
+        for name, p in decoders.items():
+            for den, x in ((True, denoised), (False, latents)):
+                images = np.concatenate([np.asarray(decode(p, x[s:s + b]))
+                                         for s in range(0, len(x), b)])
+                sc = mnist_classifier.score_samples(ctx["cls"], images, labels,
+                                                    ctx["test_stats"])
+                rows.append({"decoder": name, "score_denoise": den, "rule": "starflow",
+                             "weight": weight, "fd_mnist": sc["fd_mnist"],
+                             "class_accuracy": sc["class_accuracy"],
+                             "official": name == "finetuned" and not den
+                             or name == "original" and den})
+                log.info("decoder %s denoise %s: fd %.3f", name, den, sc["fd_mnist"])
+    return _store(path, key, rows)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def _ratio(a, b):
+    return None if a is None or b is None or not b else a / b
+
+
+def checks(rows: dict, speed: list[dict], decoders: list[dict], args) -> list[dict]:
+    """The claims of the experiment with their numbers (``holds`` None when not applicable)."""
+    out = []
+    star, pix = rows["starflow"], rows["tarflow_pixel"]
+    sb, pb = best_of(star["guidance"], "starflow"), best_of(pix["guidance"])
+    out.append({"check": "FD-MNIST at the best weight: STARFlow (starflow rule) vs pixel "
+                         "TarFlow", "value": sb["fd_mnist"], "reference": pb["fd_mnist"],
+                "target": "value < reference", "holds": sb["fd_mnist"] < pb["fd_mnist"]})
+    for name, rule in (("starflow", "starflow"), ("starflow", "tarflow"),
+                       ("tarflow_pixel", "tarflow")):
+        entries = [e for e in rows[name]["guidance"] if e["rule"] == rule]
+        at5 = [e for e in entries if e["weight"] == 5.0]
+        best = best_of(entries)
+        ratio = _ratio(at5[0]["fd_mnist"], best["fd_mnist"]) if at5 and best else None
+        out.append({"check": f"FD-MNIST at w=5 / at the best weight (w={best['weight']:g}): "
+                             f"{name}, {rule} rule",
+                    "value": ratio, "reference": None,
+                    "target": "<= 1.2 (flat)" if name == "starflow" and rule == "starflow"
+                    else "beside it",
+                    "holds": (ratio <= 1.2 if ratio is not None else None)
+                    if name == "starflow" and rule == "starflow" else None})
+    rate = {(s["model"], s["sampler"], s["batch"]): s["images_per_s"] for s in speed}
+    for b in args.speed_batch_values:
+        r = _ratio(rate.get(("starflow", "sequential", b)),
+                   rate.get(("starflow_uniform", "sequential", b)))
+        out.append({"check": f"sampling images/s, deep-shallow / uniform layout (batch {b})",
+                    "value": r, "reference": None, "target": ">= 1.8",
+                    "holds": None if r is None else r >= 1.8})
+        r = _ratio(rate.get(("starflow", "jacobi", b)), rate.get(("starflow", "sequential", b)))
+        out.append({"check": f"sampling images/s, Jacobi / sequential (batch {b})",
+                    "value": r, "reference": None, "target": "report", "holds": None})
+    for other in ("tarflow_pixel", "starflow_uniform"):
+        r = _ratio(rows[other]["params"], star["params"])
+        out.append({"check": f"parameters {other} / starflow", "value": r, "reference": None,
+                    "target": "within 10%", "holds": None if r is None else abs(r - 1) <= 0.1})
+    r = _ratio(pix["train_wall_time_s"], star["train_wall_time_s"])
+    out.append({"check": "training wall time tarflow_pixel / starflow", "value": r,
+                "reference": None, "target": "within 10%",
+                "holds": None if r is None else abs(r - 1) <= 0.1})
+    by = {(d["decoder"], d["score_denoise"]): d["fd_mnist"] for d in decoders}
+    if by:
+        out.append({"check": "FD-MNIST at STARFlow's best weight: fine-tuned decoder (no "
+                             "denoiser) vs original decoder + score denoiser",
+                    "value": by[("finetuned", False)], "reference": by[("original", True)],
+                    "target": "value < reference",
+                    "holds": by[("finetuned", False)] < by[("original", True)]})
+    return out
+
+
+def write_markdown(path_json: str, results: dict) -> str:
+    """All tables of the results file into ``<stem>.md``."""
+    from jaxflows.eval.tables import render_table
+
+    stem = os.path.splitext(path_json)[0]
+    directory, name = os.path.dirname(os.path.abspath(path_json)), os.path.basename(stem)
+    parts = [render_table(name, directory, rows_key=k)
+             for k in ("checks", "rows", "guidance_rows", "speed_rows", "decoder_rows")
+             if results.get(k)]
+    with open(stem + ".md", "w") as f:
+        f.write("\n\n".join(parts) + "\n")
+    return stem + ".md"
+
+
+def save_figure(path: str, runs_dir: str, settings: list[tuple[str, str, float]]) -> str | None:
+    """A PNG of 20 samples (2 per class) of each setting ``(model, rule, weight)``, one row
+    each."""
+    from PIL import Image
+
+    from jaxflows.eval.grid import make_grid
+
+    rows = []
+    for model, rule, weight in settings:
+        p = os.path.join(runs_dir, "sweep", f"{model}_{rule}_w{weight:g}_first100.npy")
+        if os.path.exists(p):
+            imgs = np.load(p)  # sorted by label, 10 per class
+            per = max(1, len(imgs) // 10)
+            rows.append(np.concatenate([imgs[k * per:k * per + 2] for k in range(10)]))
+    if not rows:
+        return None
+    grid = make_grid(np.concatenate(rows).astype(np.float32) / 255.0, ncol=20)
+    Image.fromarray(grid[..., 0]).save(path + ".tmp.png", format="PNG")
+    os.replace(path + ".tmp.png", path)
+    return path
+
+
+def main(argv=None) -> dict:
+    """Runs the experiment; returns (and writes) the results dict."""
+    from jaxflows.models.autoencoder import SCALE_FILE
+    from jaxflows.provenance import git_commit, machine_info, machine_summary, write_json_atomic
+    from jaxflows.train.loop import build
+
+    args = parse_args(argv)
+    sdf = decoder_finetune_module()
+    load0 = os.getloadavg()[0]
+    t0 = time.time()
+    timings: dict = {}
+    command = "python experiments/starflow_mnist.py " + " ".join(
+        sys.argv[1:] if argv is None else list(argv))
+    os.makedirs(args.runs_dir, exist_ok=True)
+
+    # 0. data and the classifier
+    train_xy = mnist_classifier.load_split(args.dataset, "train", args.data_dir or None)
+    test_xy = mnist_classifier.load_split(args.dataset, "test", args.data_dir or None)
+    image_shape = train_xy[0].shape[1:]
+    cls, cls_info = mnist_classifier.get_classifier(
+        args.classifier, train_xy, test_xy, steps=args.classifier_steps, seed=args.seed,
+        dataset=args.dataset)
+    test_stats = mnist_classifier.reference_stats(cls, test_xy[0])
+    timings["classifier_s"] = time.time() - t0
+
+    # 1. the autoencoder and its latent scale (starflow_decoder_finetune's stages)
+    t1 = time.time()
+    sdf_args = sdf.parse_args(decoder_argv(args))
+    ae = sdf.train_workdir(args.ae_workdir, sdf.ae_config(sdf_args))
+    scale = sdf.get_scale(args.ae_workdir, train_xy[0], image_shape)
+    timings["autoencoder_s"] = time.time() - t1
+
+    # 2. the decoder fine-tuned on sigma_L-noised latents
+    t1 = time.time()
+    ft_json = os.path.join(args.runs_dir, "decoder", "starflow_decoder.json")
+    ft_results = (_read_json(ft_json) if os.path.exists(ft_json)
+                  else sdf.main(decoder_argv(args)))
+    ft_dir = os.path.join(args.runs_dir, "decoder", "finetuned")
+    if not os.path.exists(os.path.join(ft_dir, SCALE_FILE)):
+        shutil.copyfile(os.path.join(args.ae_workdir, SCALE_FILE),
+                        os.path.join(ft_dir, SCALE_FILE))
+    timings["decoder_finetune_s"] = time.time() - t1
+
+    # 3. both models, equal wall time
+    t1 = time.time()
+    configs = {"starflow": starflow_config(args, args.ae_workdir, scale)}
+    calib = calibrate(args, configs["starflow"])
+    configs["tarflow_pixel"] = pixel_config(args, num_steps=calib["tarflow_pixel_steps"])
+    configs["starflow_uniform"] = starflow_config(args, args.ae_workdir, scale, "uniform")
+    trained = {name: train_model(os.path.join(args.runs_dir, "train", name), configs[name])
+               for name in MODELS}
+    timings["train_s"] = time.time() - t1
+
+    ctx = {"cls": cls, "test_stats": test_stats, "image_shape": image_shape, "mesh": {},
+           "checkpoints": {}}
+    models = {}
+    for name in MODELS:
+        run, params, step = load_trained(os.path.join(args.runs_dir, "train", name),
+                                         configs[name])
+        models[name] = (run.task, params)
+        ctx["mesh"][name], ctx["checkpoints"][name] = run.mesh, step
+
+    # 4. guidance sweep
+    t1 = time.time()
+    guidance = {name: [] for name in MODELS}
+    task, params = models["starflow"]
+    for rule, sampler_rule in STARFLOW_RULES.items():
+        for w in args.weight_values:
+            if w == 0 and rule != "starflow":  # no guidance: the same computation
+                shared = next(e for e in guidance["starflow"] if e["weight"] == 0)
+                guidance["starflow"].append({**shared, "rule": rule, "sampler_rule":
+                                             sampler_rule, "shared_with": "starflow rule"})
+                continue
+            fn = starflow_fn(task, params, weight=w, rule=sampler_rule)
+            guidance["starflow"].append(sweep_entry(
+                "starflow", rule, w, fn, args, ctx,
+                {"sampler_rule": sampler_rule, "annealed": False, "denoise": True,
+                 "decoder": "original"}))
+    task_p, params_p = models["tarflow_pixel"]
+    for w in args.weight_values:
+        guidance["tarflow_pixel"].append(sweep_entry(
+            "tarflow_pixel", "tarflow", w, tarflow_fn(task_p, params_p, weight=w), args, ctx,
+            {"sampler_rule": "linear", "annealed": bool(configs["tarflow_pixel"].model.get(
+                "sample_annealed", True)), "denoise": True}))
+    timings["sweep_s"] = time.time() - t1
+
+    # 5. speed: deep-shallow vs uniform, sequential vs Jacobi; the decoders
+    t1 = time.time()
+    uniform: dict = {}
+
+    def uniform_fn():  # built only when a uniform timing is not cached yet
+        if not uniform:
+            run = build(configs["starflow_uniform"])
+            with jax.set_mesh(run.mesh):
+                uni_params = run.init_state().params  # untrained flow, the trained autoencoder
+            uniform["fn"] = starflow_fn(run.task, uni_params, weight=args.speed_guidance,
+                                        rule="gaussian")
+            uniform["mesh"] = run.mesh
+        return uniform["fn"], uniform["mesh"]
+
+    star_mesh = ctx["mesh"]["starflow"]
+    speed_models = {
+        ("starflow", "sequential"): lambda: (starflow_fn(
+            task, params, weight=args.speed_guidance, rule="gaussian"), star_mesh),
+        ("starflow_uniform", "sequential"): uniform_fn,
+        ("starflow", "jacobi"): lambda: (starflow_fn(
+            task, params, weight=args.speed_guidance, rule="gaussian",
+            jacobi_chunk=args.jacobi_chunk), star_mesh),
+        ("tarflow_pixel", "sequential"): lambda: (tarflow_fn(
+            task_p, params_p, weight=args.speed_guidance), ctx["mesh"]["tarflow_pixel"]),
+    }
+    speed = []
+    for batch in args.speed_batch_values:
+        for (model, sampler), make in speed_models.items():
+            path = os.path.join(args.runs_dir, "speed", f"{model}_{sampler}_b{batch}.json")
+            key = {"reps": args.speed_reps, "guidance": args.speed_guidance, "seed": args.seed,
+                   "jacobi_chunk": args.jacobi_chunk if sampler == "jacobi" else 0,
+                   "checkpoint": ctx["checkpoints"].get(model)}
+            value = _cached(path, key)
+            if value is None:
+                fn, mesh = make()
+                value = _store(path, key, time_sampler(fn, balanced_labels(batch),
+                                                       args.speed_reps, args.seed, mesh))
+            layout = layout_name(configs[model])
+            speed.append({"model": model, "layout": layout, "sampler": sampler,
+                          "jacobi_chunk": key["jacobi_chunk"], "batch": batch,
+                          "guidance": args.speed_guidance, **value})
+            log.info("speed %s %s batch %d: %.1f img/s", model, sampler, batch,
+                     value["images_per_s"])
+    timings["speed_s"] = time.time() - t1
+    t1 = time.time()
+    star_best = best_of(guidance["starflow"], "starflow")
+    decoders = decoder_rows(task, params, ft_dir, star_best["weight"], args, ctx)
+    timings["decoders_s"] = time.time() - t1
+
+    # 6. the results
+    big = max(args.speed_batch_values)
+    rows = {}
+    for name in (*MODELS, "starflow_uniform"):
+        counts = param_counts(configs[name])
+        entries = guidance.get(name, [])
+        best = best_of(entries)
+        rate = next(s["images_per_s"] for s in speed if s["model"] == name
+                    and s["sampler"] == "sequential" and s["batch"] == big)
+        tr = trained.get(name, {})
+        rows[name] = {
+            "name": name, "layout": layout_name(configs[name]), **counts,
+            "train_steps": calib.get(f"{name}_steps"),
+            "train_wall_time_s": tr.get("train_wall_time_s"),
+            "sample_images_per_s": rate,
+            "best_rule": best["rule"] if best else None,
+            "best_weight": best["weight"] if best else None,
+            "best_fd_mnist": best["fd_mnist"] if best else None,
+            "best_class_accuracy": best["class_accuracy"] if best else None,
+            "guidance": entries,
+            **({"trained": tr} if tr else {"trained": None,
+                                          "note": "untrained: sampling speed only"}),
+        }
+    flat = [{"model": name, "rule": e["rule"], "weight": e["weight"],
+             "fd_mnist": e["fd_mnist"], "class_accuracy": e["class_accuracy"],
+             "images_per_s": e["images_per_s"]} for name in MODELS for e in guidance[name]]
+    speed_table = [{k: s[k] for k in ("model", "layout", "sampler", "batch", "guidance",
+                                      "images_per_s", "compile_s")} for s in speed]
+    results = {
+        "title": "STARFlow on MNIST latents vs a pixel TarFlow of equal size "
+                 "(arXiv 2506.06276 at MNIST scale)",
+        "protocol": (
+            f"{args.dataset}; STARFlow {layout_name(configs['starflow'])} on the KL "
+            f"autoencoder's latents (scale {scale:.4f}, sigma_L "
+            f"{configs['starflow'].model.noise_std:g}) vs pixel TarFlow "
+            f"{layout_name(configs['tarflow_pixel'])}; equal wall time by "
+            f"{args.equal_time} ({calib['starflow_steps']} vs {calib['tarflow_pixel_steps']} "
+            f"steps); guidance w in {args.weight_values}, {args.num_samples} class-balanced "
+            f"samples per setting (batch {args.sample_batch}), score denoiser, original "
+            f"decoder; FD-MNIST vs the {len(test_xy[0])} test images and class accuracy with "
+            f"DigitCNN; speed at batches {args.speed_batch_values}, w={args.speed_guidance:g}, "
+            f"{args.speed_reps} timed calls after a warm-up, Jacobi chunk {args.jacobi_chunk}"),
+        "command": command,
+        "git_commit": git_commit(),
+        "machine": machine_summary(),
+        "columns": COLUMNS,
+        "rows": list(rows.values()),
+        "checks": checks(rows, speed, decoders, args),
+        "guidance_rows": flat,
+        "speed_rows": speed_table,
+        "speed": speed,
+        "decoder_rows": decoders,
+        "calibration": calib,
+        "decoder_finetune": {"workdir": _rel(ft_dir), "rows": ft_results.get("rows"),
+                             "results": _rel(ft_json), "epochs": args.ft_epochs},
+        "autoencoder": {"workdir": _rel(args.ae_workdir), "latent_scale": scale,
+                        "eval": ae.get("eval"), "train_wall_time_s": ae.get("train_wall_time_s")},
+        "classifier": cls_info | {"path": _rel(args.classifier)},
+        "num_samples": args.num_samples,
+        "weights": args.weight_values,
+        "wall_time_s": time.time() - t0,
+        "timings": timings,
+        "machine_info": machine_info(load0),
+    }
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    figure = save_figure(os.path.splitext(out)[0] + "_samples.png", args.runs_dir, [
+        ("starflow", "starflow", star_best["weight"]),
+        ("tarflow_pixel", "tarflow", best_of(guidance["tarflow_pixel"])["weight"])])
+    if figure:
+        results["samples_figure"] = _rel(figure)
+        results["samples_figure_rows"] = ["STARFlow, starflow rule, its best weight",
+                                          "pixel TarFlow, its best weight"]
+    write_json_atomic(out, results, indent=1)
+    write_markdown(out, results)
+    return results
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
+    main()

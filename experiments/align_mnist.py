@@ -108,6 +108,7 @@ import numpy as np  # noqa: E402
 
 from jaxflows.eval import mnist_classifier  # noqa: E402
 from jaxflows.eval.mnist_classifier import features, load_split  # noqa: E402
+from jaxflows.provenance import read_json, repo_relative  # noqa: E402
 
 log = logging.getLogger("align_mnist")
 
@@ -168,14 +169,6 @@ def all_rows(lambdas) -> list[dict]:
     return rows
 
 
-def _rel(path: str) -> str:
-    path = os.path.abspath(path)
-    return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
-
-
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
 
 
 # --- the classifier --------------------------------------------------------------------------
@@ -272,7 +265,7 @@ def train_flow(workdir: str, config, x: np.ndarray, x_val: np.ndarray, *,
 
     done = os.path.join(workdir, "done.json")
     if os.path.exists(done):
-        return _read_json(done)
+        return read_json(done)
     if os.path.isdir(os.path.join(workdir, "checkpoints")):  # an interrupted save: start over
         import shutil
 
@@ -424,8 +417,8 @@ def train_ae(name: str, config, args) -> dict:
                                   r["val_psnr"], r.get("val_align_loss")])
             elif "loss" in r:
                 train_curve.append([r["step"], r["loss"], r["mse"], r.get("align_loss")])
-    summary = _read_json(os.path.join(workdir, "train_summary.json"))
-    return {"workdir": workdir, "eval": _read_json(eval_path),
+    summary = read_json(os.path.join(workdir, "train_summary.json"))
+    return {"workdir": workdir, "eval": read_json(eval_path),
             "curves": {"train_columns": ["step", "loss", "mse", "align_loss"],
                        "train": train_curve,
                        "val_columns": ["step", "epoch", "loss", "mse", "psnr", "align_loss"],
@@ -543,8 +536,8 @@ def generator_run(row: dict, task, params, scale, z_train, z_test, args, ctx,
     cache = os.path.join(gen_dir, "gen.json")
     key = {k: getattr(args, k) for k in ("gen_steps", "num_samples", "euler_steps")}
     key["seed"] = seed
-    if os.path.exists(cache) and _read_json(cache).get("key") == key:
-        return _read_json(cache)["gen"]
+    if os.path.exists(cache) and read_json(cache).get("key") == key:
+        return read_json(cache)["gen"]
     flat = (z_train.reshape(len(z_train), -1) * scale).astype(np.float32)
     n_val = min(1000, len(z_test))
     val = (z_test[:n_val].reshape(n_val, -1) * scale).astype(np.float32)
@@ -559,7 +552,7 @@ def generator_run(row: dict, task, params, scale, z_train, z_test, args, ctx,
         *feature_stats(features(ctx["cls"], images)), *ctx["test_stats"]),
         "gen_train_s": gen["train_wall_time_s"], "gen_val_fm_loss": gen["val_fm_loss"],
         "sample_decode_s": time.time() - t_s, "gen_curve": gen["train_loss_curve"],
-        "gen_workdir": _rel(gen_dir)}
+        "gen_workdir": repo_relative(gen_dir, REPO)}
     np.save(os.path.join(gen_dir, "samples_grid.npy"), images[:16])
     write_json_atomic(cache, {"key": key, "gen": out}, indent=1)
     return out
@@ -587,8 +580,8 @@ def decomposition(row: dict, task, params, scale, z_test, args, ctx) -> dict:
     cache = os.path.join(row_dir, "decomposition.json")
     key = {"gen_steps": args.gen_steps, "num_samples": args.num_samples,
            "euler_steps": args.euler_steps, "seed": seed, "sigmas": list(NOISE_SIGMAS)}
-    if os.path.exists(cache) and _read_json(cache).get("key") == key:
-        return _read_json(cache)["decomposition"]
+    if os.path.exists(cache) and read_json(cache).get("key") == key:
+        return read_json(cache)["decomposition"]
     t0 = time.time()
     gen_dir = os.path.join(row_dir, f"steps{args.gen_steps}_seed{seed}")
     model, gparams = flow_params(gen_dir)
@@ -669,7 +662,7 @@ def evaluate_row(row: dict, ae: dict, args, ctx: dict) -> dict:
     train_x, test_x = ctx["train"][0], ctx["test"][0]
     task, params, scale, z_train = autoencoder_latents(ae["workdir"], train_x, ctx["image_shape"])
     z_test = encode_all(task, params, test_x)
-    saved = _read_json(cache) if os.path.exists(cache) else {}
+    saved = read_json(cache) if os.path.exists(cache) else {}
     if all(saved.get("key", {}).get(k, object()) == v for k, v in key.items()):
         out = saved["row"]
     else:
@@ -694,7 +687,8 @@ def evaluate_row(row: dict, ae: dict, args, ctx: dict) -> dict:
         out.update(
             latent_scale=scale, latent_std_test=float(z_test.std()),
             align_loss_test=ae["eval"].get("align_loss"), ae_train_s=ae["train_wall_time_s"],
-            ae_workdir=_rel(ae["workdir"]), ae_curves=ae["curves"], eval_s=time.time() - t0)
+            ae_workdir=repo_relative(ae["workdir"], REPO), ae_curves=ae["curves"],
+            eval_s=time.time() - t0)
         os.makedirs(row_dir, exist_ok=True)
         write_json_atomic(cache, {"key": key, "row": out}, indent=1)
     gens = [generator_run(row, task, params, scale, z_train, z_test, args, ctx, seed)
@@ -786,7 +780,7 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(args.seed + 3)
         val = x[rng.choice(len(x), size=min(1000, len(x)), replace=False)]
         priors[target] = {**train_flow(workdir, prior_config(len(x), args), x, val),
-                          "target": info, "workdir": _rel(workdir)}
+                          "target": info, "workdir": repo_relative(workdir, REPO)}
         ctx["prior_dirs"][target] = workdir
     timings["targets_and_priors_s"] = time.time() - t1
 
@@ -839,7 +833,7 @@ def main(argv=None) -> dict:
     figure = save_sample_figure(stem + "_samples.png", rows, args.runs_dir, args.gen_steps,
                                 gen_seed_list(args)[0])
     if figure:
-        results["samples_figure"] = _rel(figure)
+        results["samples_figure"] = repo_relative(figure, REPO)
         write_json_atomic(args.out, results, indent=1)
     with open(stem + ".md", "w") as f:
         f.write(render_table(os.path.basename(stem), os.path.dirname(os.path.abspath(args.out)))

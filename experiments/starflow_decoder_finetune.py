@@ -77,6 +77,7 @@ import numpy as np  # noqa: E402
 
 from jaxflows.eval import mnist_classifier  # noqa: E402
 from jaxflows.eval.mnist_classifier import features, load_split  # noqa: E402
+from jaxflows.provenance import read_json, repo_relative  # noqa: E402
 
 log = logging.getLogger("starflow_decoder_finetune")
 
@@ -121,14 +122,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _rel(path: str) -> str:
-    path = os.path.abspath(path)
-    return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
-
-
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
 
 
 def _config_module():
@@ -146,7 +139,7 @@ def get_classifier(args, train, test) -> tuple[dict, dict]:
     params, info = mnist_classifier.get_classifier(
         args.classifier, train, test, steps=args.classifier_steps, seed=args.seed,
         dataset=args.dataset)
-    return params, info | {"path": _rel(args.classifier)}
+    return params, info | {"path": repo_relative(args.classifier, REPO)}
 
 
 # --- the autoencoder and the fine-tuning --------------------------------------------------------
@@ -224,8 +217,9 @@ def train_workdir(workdir: str, config) -> dict:
             elif "loss" in r:
                 train_curve.append([r.get(c) for c in train_cols])
     summary_path = os.path.join(workdir, "train_summary.json")
-    summary = _read_json(summary_path) if os.path.exists(summary_path) else {}
-    return {"workdir": _rel(workdir), "eval": _read_json(os.path.join(workdir, "eval.json")),
+    summary = read_json(summary_path) if os.path.exists(summary_path) else {}
+    return {"workdir": repo_relative(workdir, REPO),
+            "eval": read_json(os.path.join(workdir, "eval.json")),
             "train_wall_time_s": summary.get("train_wall_time_s"),
             "curves": {"train_columns": train_cols, "train": train_curve,
                        "val_columns": val_cols, "val": val_curve}}
@@ -342,7 +336,8 @@ def main(argv=None) -> dict:
         "title": "STARFlow decoder fine-tuning on noisy latents (arXiv 2506.06276 Sec. 3.3 at "
                  "MNIST scale)",
         "protocol": (
-            f"{args.dataset}; {ae_mode} autoencoder ({_rel(args.ae_workdir)}, latents "
+            f"{args.dataset}; {ae_mode} autoencoder "
+            f"({repo_relative(args.ae_workdir, REPO)}, latents "
             f"{'x'.join(str(d) for d in z.shape[1:])}, scale {scale:.4f}); decoder fine-tuned "
             f"{args.epochs:g} epochs, encoder frozen, on z + ({args.sigma:g}/scale) eps with "
             f"L2 + {m.perceptual_weight:g} perceptual (DigitCNN {list(m.perceptual_layers)}) "

@@ -121,6 +121,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxflows.eval import mnist_classifier  # noqa: E402
+from jaxflows.provenance import read_json, repo_relative  # noqa: E402
 
 log = logging.getLogger("starflow_mnist")
 
@@ -185,20 +186,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _rel(path: str) -> str:
-    path = os.path.abspath(path)
-    return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
-
-
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
 
 
 def _cached(path: str, key: dict):
     """The ``value`` stored in ``path`` under the same ``key``, else None."""
     if os.path.exists(path):
-        saved = _read_json(path)
+        saved = read_json(path)
         if saved.get("key") == json.loads(json.dumps(key)):
             return saved["value"]
     return None
@@ -388,15 +381,16 @@ def train_model(workdir: str, config) -> dict:
         log.info("training %s", workdir)
         os.makedirs(workdir, exist_ok=True)
         train(config, workdir)
-    summary = _read_json(os.path.join(workdir, "train_summary.json"))
-    evals = _read_json(os.path.join(workdir, "eval.json"))
+    summary = read_json(os.path.join(workdir, "train_summary.json"))
+    evals = read_json(os.path.join(workdir, "eval.json"))
     curve = []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             r = json.loads(line)
             if "loss" in r and "val_loss" not in r:
                 curve.append([r["step"], r["loss"]])
-    return {"workdir": _rel(workdir), "train_wall_time_s": summary["train_wall_time_s"],
+    return {"workdir": repo_relative(workdir, REPO),
+            "train_wall_time_s": summary["train_wall_time_s"],
             "epochs": summary.get("epochs"),
             "test": {k: v for k, v in evals.items() if isinstance(v, (int, float))},
             "loss_curve": curve}
@@ -528,7 +522,7 @@ def decoder_rows(task, params, ft_dir: str, weight: float, args, ctx) -> list[di
     path = os.path.join(args.runs_dir, "decoders", f"w{weight:g}.json")
     key = {"num_samples": args.num_samples, "sample_batch": args.sample_batch,
            "seed": args.seed, "checkpoint": ctx["checkpoints"]["starflow"],
-           "finetuned": _rel(ft_dir)}
+           "finetuned": repo_relative(ft_dir, REPO)}
     cached = _cached(path, key)
     if cached is not None:
         return cached
@@ -694,7 +688,7 @@ def main(argv=None) -> dict:
     # 2. the decoder fine-tuned on sigma_L-noised latents
     t1 = time.time()
     ft_json = os.path.join(args.runs_dir, "decoder", "starflow_decoder.json")
-    ft_results = (_read_json(ft_json) if os.path.exists(ft_json)
+    ft_results = (read_json(ft_json) if os.path.exists(ft_json)
                   else sdf.main(decoder_argv(args)))
     ft_dir = os.path.join(args.runs_dir, "decoder", "finetuned")
     if not os.path.exists(os.path.join(ft_dir, SCALE_FILE)):
@@ -847,11 +841,11 @@ def main(argv=None) -> dict:
         "speed": speed,
         "decoder_rows": decoders,
         "calibration": calib,
-        "decoder_finetune": {"workdir": _rel(ft_dir), "rows": ft_results.get("rows"),
-                             "results": _rel(ft_json), "epochs": args.ft_epochs},
-        "autoencoder": {"workdir": _rel(args.ae_workdir), "latent_scale": scale,
+        "decoder_finetune": {"workdir": repo_relative(ft_dir, REPO), "rows": ft_results.get("rows"),
+                             "results": repo_relative(ft_json, REPO), "epochs": args.ft_epochs},
+        "autoencoder": {"workdir": repo_relative(args.ae_workdir, REPO), "latent_scale": scale,
                         "eval": ae.get("eval"), "train_wall_time_s": ae.get("train_wall_time_s")},
-        "classifier": cls_info | {"path": _rel(args.classifier)},
+        "classifier": cls_info | {"path": repo_relative(args.classifier, REPO)},
         "num_samples": args.num_samples,
         "weights": args.weight_values,
         "wall_time_s": time.time() - t0,
@@ -864,7 +858,7 @@ def main(argv=None) -> dict:
         ("starflow", "starflow", star_best["weight"]),
         ("tarflow_pixel", "tarflow", best_of(guidance["tarflow_pixel"])["weight"])])
     if figure:
-        results["samples_figure"] = _rel(figure)
+        results["samples_figure"] = repo_relative(figure, REPO)
         results["samples_figure_rows"] = ["STARFlow, starflow rule, its best weight",
                                           "pixel TarFlow, its best weight"]
     write_json_atomic(out, results, indent=1)

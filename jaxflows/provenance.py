@@ -67,3 +67,16 @@ def write_json_atomic(path: str, obj: Any, *, indent: int = 1, sort_keys: bool =
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=indent, sort_keys=sort_keys)
     os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    """The JSON value stored in ``path``."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def repo_relative(path: str, root: str) -> str:
+    """``path`` relative to ``root`` when it lies inside it (results name no machine path),
+    else the absolute path."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, root) if path.startswith(root + os.sep) else path

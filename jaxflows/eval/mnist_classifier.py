@@ -17,13 +17,14 @@ The pieces the MNIST experiments share (``experiments/align_mnist.py``,
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
+
+from jaxflows.provenance import read_json
 
 PyTree = Any
 
@@ -41,10 +42,6 @@ def load_split(dataset: str, split: str, data_dir: str | None = None
     src = materialize(load_source(dataset, split, data_dir or None))
     return np.asarray(src.arrays["image"]), np.asarray(src.arrays["label"])
 
-
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
 
 
 def get_classifier(path: str, train: tuple[np.ndarray, np.ndarray],
@@ -68,10 +65,10 @@ def get_classifier(path: str, train: tuple[np.ndarray, np.ndarray],
     key = {"dataset": dataset, "steps": int(steps), "seed": int(seed)}
     reuse = os.path.exists(path)
     if reuse and check_key:
-        reuse = os.path.exists(info_path) and _read_json(info_path).get("key") == key
+        reuse = os.path.exists(info_path) and read_json(info_path).get("key") == key
     if reuse:
         params = classifier.load_classifier_params(path)
-        info = _read_json(info_path) if os.path.exists(info_path) else {}
+        info = read_json(info_path) if os.path.exists(info_path) else {}
         info.setdefault("test_accuracy", classifier.accuracy(params, *test))
         return params, {k: v for k, v in info.items() if k != "key"}
     t0 = time.time()

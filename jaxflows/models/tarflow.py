@@ -354,7 +354,7 @@ class MetaBlock(nn.Module):
         attn_temp: float | jax.Array = 1.0,
     ) -> tuple[jax.Array, jax.Array]:
         """Writes the prefix ``[B, T, E]`` into cache positions ``0 .. T-1``; returns the cache
-        (``(k, v)`` each ``[K, B, T + N, H, Dh]``)."""
+        (``K`` pairs ``(k, v)``, each ``[B, H, T + N, Dh]``)."""
         h = self._embed_prefix(prefix)
         rope = self._rope()
         if rope is not None:
@@ -374,7 +374,7 @@ class MetaBlock(nn.Module):
         block's order; the prefix, if any, sits before index 0 in the cache).
 
         ``x_chunk: [B, L, D]`` (for ``shift='sos'`` input row 0 is :meth:`sos_tokens`);
-        ``cache``: ``(k, v)`` each ``[K, B, T + N, H, Dh]``. Returns raw ``(a, b)`` each
+        ``cache``: ``K`` pairs ``(k, v)``, each ``[B, H, T + N, Dh]``. Returns raw ``(a, b)`` each
         ``[B, L, D]`` -- the parameters of the tokens at ``start+1 .. start+L``
         (``shift='output'``) or ``start .. start+L-1`` (``shift='sos'``) -- and the cache.
         """

@@ -7,7 +7,7 @@ numbers, see :mod:`jaxflows.nn.patches`). They are pure and jit-able (``model`` 
 
 **Inverse of one block** (noise side -> data side), in the block's own token order: token 0 is
 unchanged; for ``i = 0 .. N-2`` token ``i`` is fed through the block (its keys/values appended to
-a preallocated cache ``[K, B, N, H, Dh]`` at position ``i``), giving the log-scale ``a`` and shift
+a preallocated cache, per layer ``[B, H, N, Dh]``, at position ``i``), giving the log-scale ``a`` and shift
 ``b`` of token ``i+1``: ``x[i+1] = z[i+1] * exp(a) + b``. This runs inside one ``lax.scan``.
 The loop itself, :func:`invert_block`, is shared with STARFlow
 (:mod:`jaxflows.models.starflow_sampling`), whose blocks start from an SOS token instead.
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxflows.nn.transformer import init_cache
+from jaxflows.nn.transformer import init_cache, unstack_layer_params
 
 
 def permute_tokens(x: jax.Array, flip: bool) -> jax.Array:
@@ -212,7 +212,7 @@ def reverse_block(
     bb = b if opts.guidance == 0 else 2 * b
     cache = init_cache(model.layers_per_block, bb, n, model.width // model.head_dim,
                        model.head_dim, model.dtype)
-    step_fn = apply_block(model, params, t, "step")
+    step_fn = apply_block(model, unstack_layer_params(params), t, "step")
 
     def step(inp, start, cache):
         return step_fn(inp, start, cache, y2, temps)

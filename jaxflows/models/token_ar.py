@@ -34,6 +34,7 @@ from jaxflows.nn.transformer import (
     layer_norm,
     remat_policy_name,
     torch_uniform_init,
+    unstack_layer_params,
 )
 from jaxflows.train.task import DataInfo, ElementSpec, Metrics, PyTree, Task, masked_mean, to_host
 
@@ -232,7 +233,7 @@ class TokenARTask(Task):
                     temperature: jax.Array) -> jax.Array:
         """``num`` sequences int32 ``[num, L]``; positions after the first ``<stop>`` are
         ``<stop>``; ``temperature <= 0`` decodes greedily. ``<start>`` is never drawn."""
-        params = nn.unbox(params)
+        params = unstack_layer_params(nn.unbox(params))  # no weight slicing per position
         m = self.model
         cache = init_cache(m.num_layers, num, self.max_len, m.width // m.head_dim, m.head_dim,
                            jnp.float32)

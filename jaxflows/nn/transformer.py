@@ -10,7 +10,8 @@ Numerics: params are float32; LayerNorm statistics and the softmax are float32; 
 Two modes, both through ``__call__(x, attn_temp, cache, start)``:
 
 * **full causal** (``cache=None``): ``x: [B, N, C]`` attends with a self-inclusive causal mask.
-* **cached** (``cache=(k, v)``, each ``[B, N_max, heads, head_dim]``): ``x: [B, L, C]`` holds
+* **cached** (``cache=(k, v)``, each ``[B, heads, N_max, head_dim]``, heads-major so that
+  attention reads it without a transpose; a :class:`Transformer` takes one pair per layer): ``x: [B, L, C]`` holds
   the tokens at positions ``start .. start+L-1``; their keys/values are written into the cache
   with ``lax.dynamic_update_slice`` and each query attends to cache positions ``<= its own``.
   ``L = 1`` is incremental decoding; ``L > 1`` is a chunk (block-parallel Jacobi sampling).
@@ -22,7 +23,11 @@ rotated before attention (cached keys are stored rotated). ``rope=None`` (TarFlo
 nothing.
 
 :class:`Transformer` stacks ``num_layers`` identical layers with ``nn.scan``; its params have a
-leading ``'layers'`` logical axis and its cache is ``(k, v)`` each ``[K, B, N_max, H, Dh]``.
+leading ``'layers'`` logical axis and its cache is a tuple of ``K`` pairs ``(k, v)``, each
+``[B, H, N_max, Dh]`` (:func:`init_cache`). With ``unroll_layers`` (the default) the scan is
+fully unrolled (no loop-carried stacking of activations and residuals) and the cached pass is a
+Python loop in which each layer updates its own cache buffer in place; ``unroll_layers=False`` keeps a rolled loop (smaller
+programs and faster compiles for deep stacks). The parameters are the same either way.
 
 Logical axis names (mapped to mesh axes by ``config.sharding_rules``): ``'embed'`` (model width),
 ``'heads'``, ``'kv'`` (head dim), ``'mlp'`` (MLP hidden), ``'layers'`` (scan axis).
@@ -52,9 +57,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxflows.nn.activations import gelu_erf
 from jaxflows.nn.rope import apply_rope
 
-Cache = tuple[jax.Array, jax.Array]
+LayerCache = tuple[jax.Array, jax.Array]  # (k, v), each [B, H, N_max, Dh]
+Cache = tuple[LayerCache, ...]  # one (k, v) per layer
 Rope = tuple[jax.Array, jax.Array]
 Dtype = Any
 
@@ -138,22 +145,25 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
 
 
 def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: jax.Array | float
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: jax.Array | float,
+    kv_heads_first: bool = False,
 ) -> jax.Array:
-    """Masked softmax attention. ``q: [B, L, H, Dh]``, ``k, v: [B, M, H, Dh]``,
-    ``mask: [L, M]`` (True = attend) or broadcastable to ``[B, H, L, M]``; ``scale``: scalar or
-    ``[B, 1, 1, 1]``. Logits and softmax in float32; returns ``[B, L, H, Dh]`` in ``v.dtype``.
+    """Masked softmax attention. ``q: [B, L, H, Dh]``, ``k, v: [B, M, H, Dh]`` (or
+    ``[B, H, M, Dh]`` with ``kv_heads_first``, the KV cache's layout), ``mask: [L, M]`` (True =
+    attend) or broadcastable to ``[B, H, L, M]``; ``scale``: scalar or ``[B, 1, 1, 1]``. Logits
+    and softmax in float32; returns ``[B, L, H, Dh]`` in ``v.dtype``.
     """
-    logits = jnp.einsum("blhd,bmhd->bhlm", q, k, preferred_element_type=jnp.float32)
+    kv = "bhmd" if kv_heads_first else "bmhd"
+    logits = jnp.einsum(f"blhd,{kv}->bhlm", q, k, preferred_element_type=jnp.float32)
     logits = logits * scale
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhlm,bmhd->blhd", weights, v)
+    return jnp.einsum(f"bhlm,{kv}->blhd", weights, v)
 
 
 def chunked_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: jax.Array | float,
-    chunk: int = 128,
+    chunk: int = 128, kv_heads_first: bool = False,
 ) -> jax.Array:
     """:func:`attention` computed ``chunk`` queries at a time, with bounded memory.
 
@@ -168,7 +178,7 @@ def chunked_attention(
     if mask.ndim != 2:
         raise ValueError(f"chunked_attention needs an [L, M] mask, got shape {mask.shape}")
     if length <= chunk:
-        return attention(q, k, v, mask, scale)
+        return attention(q, k, v, mask, scale, kv_heads_first)
     n = -(-length // chunk)
     pad = n * chunk - length
     if pad:
@@ -180,7 +190,7 @@ def chunked_attention(
     @jax.checkpoint
     def one(args):
         qi, mi = args
-        return attention(qi, k, v, mi, scale)
+        return attention(qi, k, v, mi, scale, kv_heads_first)
 
     o = lax.map(one, (qs, ms))  # [n, B, chunk, H, Dh]
     o = jnp.moveaxis(o, 0, 1).reshape(b, n * chunk, h, dh)
@@ -233,13 +243,13 @@ class TransformerLayer(nn.Module):
         cache: Cache | None = None,
         start: jax.Array | int | None = None,
         rope: Rope | None = None,
-    ) -> tuple[jax.Array, Cache | None]:
+    ) -> tuple[jax.Array, LayerCache | None]:
         """Applies the layer. See the module docstring for the two modes.
 
         Args:
           x: ``[B, L, C]`` tokens (any float dtype; the residual is float32).
           attn_temp: attention temperature, scalar or ``[B]``; logits are divided by it.
-          cache: ``None`` (full causal) or ``(k, v)`` each ``[B, N_max, H, Dh]``.
+          cache: ``None`` (full causal) or ``(k, v)`` each ``[B, H, N_max, Dh]``.
           start: position of ``x[:, 0]`` in the cache (cached mode only), int or traced scalar.
           rope: ``None`` or ``(cos, sin)`` each ``[L, Dh]``: rotary angles of ``x``'s tokens.
         Returns:
@@ -293,23 +303,25 @@ class TransformerLayer(nn.Module):
                 raise ValueError("cached attention needs the start position")
             start = jnp.asarray(start, jnp.int32)
             zero = jnp.zeros((), jnp.int32)
-            ck = lax.dynamic_update_slice(ck, k.astype(ck.dtype), (zero, start, zero, zero))
-            cv = lax.dynamic_update_slice(cv, v.astype(cv.dtype), (zero, start, zero, zero))
+            kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, H, L, Dh]
+            idx = (zero, zero, start, zero)
+            ck = lax.dynamic_update_slice(ck, kh.astype(ck.dtype), idx)
+            cv = lax.dynamic_update_slice(cv, vh.astype(cv.dtype), idx)
             new_cache = (ck, cv)
             qpos = start + jnp.arange(length)
-            mask = jnp.arange(ck.shape[1])[None, :] <= qpos[:, None]  # [L, N_max]
+            mask = jnp.arange(ck.shape[2])[None, :] <= qpos[:, None]  # [L, N_max]
             k, v = ck.astype(dt), cv.astype(dt)
         if mask is not None and impl == "chunked":
-            o = chunked_attention(q, k, v, mask, scale, self.attention_chunk)
+            o = chunked_attention(q, k, v, mask, scale, self.attention_chunk, cache is not None)
         elif mask is not None:
-            o = attention(q, k, v, mask, scale)
+            o = attention(q, k, v, mask, scale, cache is not None)
         o = jnp.einsum("blhd,hdc->blc", o, proj_k.astype(dt)) + proj_b.astype(dt)
         x = x + o.astype(jnp.float32)
 
         # --- MLP
         y = layer_norm(x, ln2_s, ln2_b, self.ln_eps).astype(dt)
         y = jnp.einsum("blc,cf->blf", y, fc1_k.astype(dt)) + fc1_b.astype(dt)
-        y = nn.gelu(y, approximate=False)
+        y = gelu_erf(y)
         y = jnp.einsum("blf,fc->blc", y, fc2_k.astype(dt)) + fc2_b.astype(dt)
         x = x + y.astype(jnp.float32)
         return x, new_cache
@@ -341,7 +353,8 @@ class Transformer(nn.Module):
     name ``'layers'``. ``remat`` rematerialises the scanned layer body in the backward pass: a
     name from :data:`REMAT_POLICIES` (``'none'``, ``'full'``, or a ``jax.checkpoint_policies``
     policy), or a bool (``True`` = ``'full'``). ``attention_impl`` and ``attention_chunk`` as in
-    :class:`TransformerLayer`.
+    :class:`TransformerLayer`. ``unroll_layers``: unroll the layer loop (see the module
+    docstring).
     """
 
     width: int
@@ -353,6 +366,7 @@ class Transformer(nn.Module):
     remat: bool | str = False
     attention_impl: str = "einsum"
     attention_chunk: int = 128
+    unroll_layers: bool = True
 
     @nn.compact
     def __call__(
@@ -363,9 +377,15 @@ class Transformer(nn.Module):
         start: jax.Array | int | None = None,
         rope: Rope | None = None,
     ) -> tuple[jax.Array, Cache | None]:
-        """``x: [B, L, C]`` -> ``([B, L, C] float32, cache)``; cache ``(k, v)`` each
-        ``[K, B, N_max, H, Dh]`` or ``None`` for the full causal pass; ``rope``: ``None`` or
+        """``x: [B, L, C]`` -> ``([B, L, C] float32, cache)``; cache: ``K`` pairs ``(k, v)``,
+        each ``[B, H, N_max, Dh]`` (:func:`init_cache`), or ``None`` for the full causal pass; ``rope``: ``None`` or
         ``(cos, sin)`` each ``[L, Dh]``, shared by every layer."""
+        if cache is not None:
+            _check_cache(cache, self.num_layers)
+            if start is None:
+                raise ValueError("cached attention needs the start position")
+            if self.unroll_layers and not self.is_initializing():
+                return self._cached_unrolled(x, attn_temp, cache, start, rope)
         body = _ScanLayer
         enabled, policy = remat_policy(self.remat)
         if enabled:
@@ -376,17 +396,41 @@ class Transformer(nn.Module):
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
             length=self.num_layers,
+            unroll=self.num_layers if self.unroll_layers else 1,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        if start is None:
-            start = 0
-        return scanned(
+        stacked = None
+        if cache is not None:  # the scan takes the per-layer caches as one stacked pair
+            stacked = tuple(jnp.stack([c[j] for c in cache]) for j in (0, 1))
+        x, stacked = scanned(
             self.width, self.head_dim, self.mlp_ratio, self.dtype, self.ln_eps,
             self.attention_impl, self.attention_chunk, name="layers"
-        )(x, cache, jnp.asarray(attn_temp, jnp.float32), jnp.asarray(start, jnp.int32), rope)
+        )(x, stacked, jnp.asarray(attn_temp, jnp.float32), jnp.asarray(0 if start is None else start, jnp.int32),
+          rope)
+        if cache is None:
+            return x, None
+        return x, tuple((stacked[0][i], stacked[1][i]) for i in range(self.num_layers))
+
+    def _cached_unrolled(self, x, attn_temp, cache, start, rope):
+        """The cached pass as a Python loop over the layers: layer ``i`` applies its params
+        (slices of the stacked ones, or the per-layer arrays of :func:`unstack_layer_params`,
+        which sampling loops use so that no slice is taken per token) and updates its own
+        cache entry in place."""
+        stacked = nn.unbox(self.variables["params"]["layers"]["layer"])
+        layer = TransformerLayer(self.width, self.head_dim, self.mlp_ratio, self.dtype,
+                                 self.ln_eps, self.attention_impl, self.attention_chunk,
+                                 parent=None)
+        temp = jnp.asarray(attn_temp, jnp.float32)
+        start = jnp.asarray(start, jnp.int32)
+        new_cache = []
+        for i in range(self.num_layers):
+            p = jax.tree.map(lambda a, i=i: a[i], stacked, is_leaf=_is_unstacked)
+            x, c = layer.apply({"params": p}, x, temp, cache[i], start, rope)
+            new_cache.append(c)
+        return x, tuple(new_cache)
 
     def init_cache(self, batch: int, max_len: int, dtype: Dtype | None = None) -> Cache:
-        """Zero cache ``(k, v)``, each ``[num_layers, batch, max_len, heads, head_dim]``."""
+        """Zero cache: one ``(k, v)`` per layer, each ``[batch, heads, max_len, head_dim]``."""
         return init_cache(self.num_layers, batch, max_len, self.width // self.head_dim,
                           self.head_dim, dtype or self.dtype)
 
@@ -394,6 +438,39 @@ class Transformer(nn.Module):
 def init_cache(
     num_layers: int, batch: int, max_len: int, heads: int, head_dim: int, dtype: Dtype
 ) -> Cache:
-    """Zero KV cache ``(k, v)``, each ``[num_layers, batch, max_len, heads, head_dim]``."""
-    shape = (num_layers, batch, max_len, heads, head_dim)
-    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    """Zero KV cache: a tuple of ``num_layers`` pairs ``(k, v)``, each ``[batch, heads,
+    max_len, head_dim]`` (heads-major, so attention reads it without a transpose; one buffer
+    per layer, so each layer's update is in place)."""
+    shape = (batch, heads, max_len, head_dim)
+    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(num_layers))
+
+
+def _check_cache(cache, num_layers: int) -> None:
+    if not isinstance(cache, (tuple, list)) or len(cache) != num_layers or not all(
+            isinstance(c, (tuple, list)) and len(c) == 2 for c in cache):
+        raise ValueError(f"the KV cache must be {num_layers} (k, v) pairs (init_cache), got "
+                         f"{type(cache).__name__} of length {len(cache)}")
+
+
+def _is_unstacked(a) -> bool:
+    return isinstance(a, (tuple, list))
+
+
+def unstack_layer_params(params):
+    """``params`` with every stacked Transformer layer array (the ``layers/layer`` subtrees of
+    :class:`Transformer`, leading axis ``K``) replaced by a tuple of its ``K`` per-layer slices.
+
+    The result is accepted by the cached pass of an ``unroll_layers`` Transformer (the
+    default): a sampling loop that takes it hoists the slicing of the weights out of its
+    per-token body (XLA on CPU otherwise copies every weight matrix at every token). The full
+    causal pass and ``init`` need the stacked params."""
+    if isinstance(params, dict) or hasattr(params, "items"):
+        out = {}
+        for k, v in params.items():
+            if k == "layers" and hasattr(v, "items") and set(v.keys()) == {"layer"}:
+                out[k] = {"layer": jax.tree.map(
+                    lambda a: tuple(a[i] for i in range(a.shape[0])), nn.unbox(v["layer"]))}
+            else:
+                out[k] = unstack_layer_params(v)
+        return out
+    return params

@@ -119,3 +119,47 @@ def test_dot_product_attention_impl_matches(setup):
     a, _ = jax.jit(m.apply)(v, x, temps)
     b, _ = jax.jit(ref.apply)(v, x, temps)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_gelu_erf_values_and_derivatives():
+    from jaxflows.nn.activations import gelu_erf
+
+    x = jnp.linspace(-6.0, 6.0, 101)
+    np.testing.assert_allclose(gelu_erf(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+    ref = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x)
+    np.testing.assert_allclose(jax.vmap(jax.grad(gelu_erf))(x), ref, atol=1e-6)
+    # forward mode (jax.jacfwd, used by the log-det tests) works and agrees
+    np.testing.assert_allclose(jnp.diag(jax.jacfwd(gelu_erf)(x)), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_rolled_and_unrolled_layers_agree(setup, remat):
+    """unroll_layers only changes the program: same params, outputs, gradients and caches."""
+    from jaxflows.nn.transformer import unstack_layer_params
+
+    _, x, v = setup
+    a = Transformer(width=C, num_layers=2, head_dim=16, remat=remat, unroll_layers=True)
+    b = Transformer(width=C, num_layers=2, head_dim=16, remat=remat, unroll_layers=False)
+    np.testing.assert_allclose(a.apply(v, x)[0], b.apply(v, x)[0], atol=1e-6)
+    ga = jax.grad(lambda v: jnp.sum(a.apply(v, x)[0] ** 2))(v)
+    gb = jax.grad(lambda v: jnp.sum(b.apply(v, x)[0] ** 2))(v)
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6), ga, gb)
+    ya, ca = a.apply(v, x[:, :5], 1.0, a.init_cache(B, N), 0)
+    yb, cb = b.apply(v, x[:, :5], 1.0, b.init_cache(B, N), 0)
+    np.testing.assert_allclose(ya, yb, atol=1e-6)
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-6), ca, cb)
+    # per-layer params (hoisted out of a sampling loop) give the same cached step
+    vu = {"params": unstack_layer_params(v["params"])}
+    assert isinstance(vu["params"]["layers"]["layer"]["qkv_kernel"], tuple)
+    yu, cu = a.apply(vu, x[:, :5], 1.0, a.init_cache(B, N), 0)
+    np.testing.assert_allclose(yu, ya, atol=0)
+
+
+def test_cache_layout_and_bad_cache(setup):
+    m, x, v = setup
+    cache = m.init_cache(B, N)
+    assert len(cache) == 2 and cache[0][0].shape == (B, C // 16, N, 16)
+    with pytest.raises(ValueError, match="KV cache must be 2"):
+        m.apply(v, x[:, :1], 1.0, cache[:1], 0)
+    with pytest.raises(ValueError, match="needs the start position"):
+        m.apply(v, x[:, :1], 1.0, cache)

@@ -80,7 +80,8 @@ class StarFlowModel(nn.Module):
       positions, shift, scale, soft_clip, final_norm: :class:`MetaBlock` options (STARFlow's by
         default; TarFlow's ``'learned'``, ``'output'``, ``'exp'``, 0, False are allowed).
       rope_ref_len: RoPE reference length (0 = ``sqrt(rows * cols)``).
-      dtype, remat, attention_impl: as :class:`jaxflows.models.tarflow.TarFlowModel`.
+      dtype, remat, attention_impl, unroll_layers: as
+        :class:`jaxflows.models.tarflow.TarFlowModel`.
     """
 
     input_shape: tuple[int, ...]
@@ -103,6 +104,7 @@ class StarFlowModel(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool | str = False
     attention_impl: str = "einsum"
+    unroll_layers: bool = True
 
     # --- shapes
 
@@ -201,7 +203,7 @@ class StarFlowModel(nn.Module):
                 soft_clip=self.soft_clip, final_norm=self.final_norm, positions=self.positions,
                 grid=self.grid, rope_prefix_axis=self.conditional, rope_ref_len=self.rope_ref_len,
                 prefix_len=t_len, prefix_dim=self.cond_shape[1] if t_len else 0,
-                name=f"blocks_{t}"))
+                unroll_layers=self.unroll_layers, name=f"blocks_{t}"))
         self.blocks = blocks
 
     # --- layout and conditioning

@@ -81,6 +81,7 @@ def default_model_config(**overrides: Any) -> ml_collections.ConfigDict:
         text_dim=0,
         remat="none",  # jaxflows.nn.transformer.REMAT_POLICIES
         attention="einsum",  # jaxflows.nn.transformer.ATTENTION_IMPLS
+        unroll_layers=True,  # unroll each block's layer loop (False: rolled, faster compiles)
         # --- latent space
         autoencoder=AE_NONE,  # 'none' | 'random' | a trained autoencoder workdir
         ae=default_ae_config(),
@@ -241,6 +242,7 @@ def model_from_config(config: ml_collections.ConfigDict, input_shape) -> StarFlo
         dtype=jnp.dtype(config.get("dtype", "float32")),
         remat=remat_policy_name(m.get("remat", "none")),
         attention_impl=str(m.get("attention", "einsum")),
+        unroll_layers=bool(m.get("unroll_layers", True)),
     )
     model.check()
     return model

@@ -44,7 +44,7 @@ from jax import lax
 from jaxflows.errors import ConfigError
 from jaxflows.models import tarflow_sampling as ts
 from jaxflows.models.tarflow import scale_log_sigma, scale_sigma
-from jaxflows.nn.transformer import init_cache, unstack_layer_params
+from jaxflows.nn.transformer import init_cache
 
 #: ``SampleOptions.rule`` values
 RULES = ("gaussian", "linear")
@@ -141,7 +141,7 @@ def reverse_block(
         if prefix is None or prefix.shape[0] != bb:
             raise ValueError(f"block {t} needs a prefix of {bb} rows")
         cache = ts.apply_block(model, params, t, "prefill")(prefix, cache)
-    step = ts.apply_block(model, unstack_layer_params(params), t, "step")
+    step = ts.apply_block(model, ts.hoist_layer_params(model, params), t, "step")
     sos = None
     if model.shift == "sos":
         sos = ts.apply_block(model, params, t, "sos_tokens")(b)

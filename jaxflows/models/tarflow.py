@@ -138,6 +138,8 @@ class MetaBlock(nn.Module):
       rope_ref_len: RoPE reference length (0 = ``sqrt(rows * cols)``).
       prefix_len, prefix_dim: ``T, E`` of the conditioning prefix (0 = none); params
         ``proj_txt_kernel [E, C]``, ``proj_txt_bias [C]``.
+      unroll_layers: unroll the Transformer's layer loop (the default; see
+        :class:`jaxflows.nn.transformer.Transformer`).
     """
 
     in_dim: int
@@ -163,6 +165,7 @@ class MetaBlock(nn.Module):
     rope_ref_len: float = 0.0
     prefix_len: int = 0
     prefix_dim: int = 0
+    unroll_layers: bool = True
 
     def _check(self):
         for name, value, allowed in (("shift", self.shift, SHIFTS), ("scale", self.scale, SCALES),
@@ -208,7 +211,7 @@ class MetaBlock(nn.Module):
                 (self.num_classes, c))
         self.transformer = Transformer(
             c, self.num_layers, self.head_dim, self.mlp_ratio, self.dtype, remat=self.remat,
-            attention_impl=self.attention_impl)
+            attention_impl=self.attention_impl, unroll_layers=self.unroll_layers)
         self.proj_out_kernel = self.param(
             "proj_out_kernel", _lp(nn.initializers.zeros, ("embed", "latent")), (c, out))
         self.proj_out_bias = self.param(
@@ -404,6 +407,7 @@ class TarFlowModel(nn.Module):
       attention_impl: ``'einsum'`` | ``'chunked'`` | ``'xla'`` | ``'cudnn'`` | ``'auto'`` (see
         :class:`jaxflows.nn.transformer.TransformerLayer`).
       max_log_scale: soft clamp of every block's log-scale (0 = off, as ml-tarflow).
+      unroll_layers: unroll each block's layer loop (see :class:`MetaBlock`).
     """
 
     image_shape: tuple[int, int, int]
@@ -419,6 +423,7 @@ class TarFlowModel(nn.Module):
     remat: bool | str = False
     attention_impl: str = "einsum"
     max_log_scale: float = 0.0
+    unroll_layers: bool = True
 
     @property
     def num_tokens(self) -> int:
@@ -443,7 +448,8 @@ class TarFlowModel(nn.Module):
             MetaBlock(self.token_dim, self.width, self.num_tokens, self.layers_per_block,
                       self.head_dim, self.mlp_ratio, self.num_classes, self.nvp,
                       self.block_flip(t), self.dtype, self.remat, self.attention_impl,
-                      self.max_log_scale, name=f"blocks_{t}")
+                      self.max_log_scale, unroll_layers=self.unroll_layers,
+                      name=f"blocks_{t}")
             for t in range(self.num_blocks)
         ]
         if not self.nvp:

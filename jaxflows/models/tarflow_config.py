@@ -47,6 +47,9 @@ def default_model_config(**overrides: Any) -> ml_collections.ConfigDict:
         # attention kernel: einsum | chunked (query chunks, memory-bounded) | xla | cudnn (GPU
         # flash) | auto (cudnn on GPU in bf16, xla on TPU, chunked elsewhere)
         attention="einsum",
+        # unroll each block's layer loop (faster steps and sampling; False = a rolled loop,
+        # smaller programs and faster compiles for deep stacks)
+        unroll_layers=True,
         sample_guidance=0.0,
         sample_attn_temp=1.0,
         sample_annealed=True,
@@ -91,6 +94,7 @@ def model_from_config(config: ml_collections.ConfigDict, image_shape) -> TarFlow
         remat=remat_policy_name(m.get("remat", "none")),
         attention_impl=str(m.get("attention", "einsum")),
         max_log_scale=float(m.get("max_log_scale", 0.0)),
+        unroll_layers=bool(m.get("unroll_layers", True)),
     )
 
 

@@ -81,6 +81,12 @@ def apply_block(model, params, t: int, name: str) -> Callable:
     return fn
 
 
+def hoist_layer_params(model, params):
+    """``params`` with the layer weights pre-sliced for the per-token loop
+    (:func:`jaxflows.nn.transformer.unstack_layer_params`) when ``model`` unrolls its layers."""
+    return unstack_layer_params(params) if getattr(model, "unroll_layers", False) else params
+
+
 def _double(x):
     return jnp.concatenate([x, x], axis=0)
 
@@ -212,7 +218,7 @@ def reverse_block(
     bb = b if opts.guidance == 0 else 2 * b
     cache = init_cache(model.layers_per_block, bb, n, model.width // model.head_dim,
                        model.head_dim, model.dtype)
-    step_fn = apply_block(model, unstack_layer_params(params), t, "step")
+    step_fn = apply_block(model, hoist_layer_params(model, params), t, "step")
 
     def step(inp, start, cache):
         return step_fn(inp, start, cache, y2, temps)

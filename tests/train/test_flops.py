@@ -147,8 +147,9 @@ def test_conv_count():
 
 
 def test_info_counts_every_scanned_tarflow_layer(data_dir):
-    """TarFlow smoke (2 blocks, 8 layers scanned per block, 16 tokens of width 64): XLA counts
-    one layer per block; the jaxpr count matches the hand count of a training step."""
+    """TarFlow smoke (2 blocks, 8 layers per block, 16 tokens of width 64): the jaxpr count
+    matches the hand count of a training step; XLA's count agrees with it when the layer loop
+    is unrolled (the default) and sees one layer per block when it is a rolled scan."""
     from jaxflows.train import load_config
     from jaxflows.train.info import model_info
 
@@ -164,6 +165,11 @@ def test_info_counts_every_scanned_tarflow_layer(data_dir):
     hand = blocks * (layers * per_layer) + io  # 7.88e7 (the count: 0.01% less, no image grad)
     assert abs(info["matmul_flops_per_example"] - hand) / hand < 0.01
     assert 0.95 < info["matmul_flops_per_example"] / info["flops_per_example"] <= 1
-    # XLA sees one layer per block: the ratio is about the layer count (7.4)
     ratio = info["flops_per_example"] / info["xla_flops_per_example"]
+    assert 0.95 < ratio < 1.05, ratio
+    # a rolled scan: XLA sees one layer per block, the ratio is about the layer count (7.4)
+    config.model.unroll_layers = False
+    rolled = model_info(config, compile_step=False)
+    assert rolled["flops_per_example"] == info["flops_per_example"]
+    ratio = rolled["flops_per_example"] / rolled["xla_flops_per_example"]
     assert 0.85 * layers < ratio < layers, ratio

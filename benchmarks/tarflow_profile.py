@@ -171,7 +171,7 @@ def measure(name: str, variant: str, args) -> dict:
             for g in (0.0, 2.0):
                 opts = ts.SampleOptions(guidance=g, annealed=False, attn_temp=temp)
                 fn = jax.jit(lambda p, z, y, opts=opts: ts.sample_tokens(model, p, z, y, opts))
-                sec = _median_time(lambda: fn(params, z, ys), args.reps)
+                sec = _median_time(lambda fn=fn: fn(params, z, ys), args.reps)
                 row[f"sample_g{g:g}_images_per_s"] = args.sample_batch / sec
     return row
 

@@ -47,8 +47,8 @@ def default_model_config(**overrides: Any) -> ml_collections.ConfigDict:
         # attention kernel: einsum | chunked (query chunks, memory-bounded) | xla | cudnn (GPU
         # flash) | auto (cudnn on GPU in bf16, xla on TPU, chunked elsewhere)
         attention="einsum",
-        # unroll each block's layer loop (faster steps and sampling; False = a rolled loop,
-        # smaller programs and faster compiles for deep stacks)
+        # unroll each block's layer loop (faster sampling; the full pass stays rolled under
+        # remat). False = a rolled loop: smaller programs, faster compiles for deep stacks
         unroll_layers=True,
         sample_guidance=0.0,
         sample_attn_temp=1.0,

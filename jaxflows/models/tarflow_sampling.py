@@ -7,9 +7,9 @@ numbers, see :mod:`jaxflows.nn.patches`). They are pure and jit-able (``model`` 
 
 **Inverse of one block** (noise side -> data side), in the block's own token order: token 0 is
 unchanged; for ``i = 0 .. N-2`` token ``i`` is fed through the block (its keys/values appended to
-a preallocated cache, per layer ``[B, H, N, Dh]``, at position ``i``), giving the log-scale ``a`` and shift
-``b`` of token ``i+1``: ``x[i+1] = z[i+1] * exp(a) + b``. This runs inside one ``lax.scan``.
-The loop itself, :func:`invert_block`, is shared with STARFlow
+a preallocated cache, per layer ``[B, H, N, Dh]``, at position ``i``), giving the log-scale ``a``
+and shift ``b`` of token ``i+1``: ``x[i+1] = z[i+1] * exp(a) + b``. This runs inside one
+``lax.scan``. The loop itself, :func:`invert_block`, is shared with STARFlow
 (:mod:`jaxflows.models.starflow_sampling`), whose blocks start from an SOS token instead.
 
 **Guidance** (``guidance = w != 0``): the batch is doubled into one cache of size ``2B``: the

@@ -163,3 +163,19 @@ def test_cache_layout_and_bad_cache(setup):
         m.apply(v, x[:, :1], 1.0, cache[:1], 0)
     with pytest.raises(ValueError, match="needs the start position"):
         m.apply(v, x[:, :1], 1.0, cache)
+
+
+def test_remat_keeps_the_full_pass_rolled(setup):
+    """Under remat the full pass stays one rolled scan (XLA reuses a layer's buffers per
+    iteration; unrolled, the paper-scale memory estimate grows ~8x); without remat the
+    default unrolls it."""
+    _, x, v = setup
+
+    def scans(m):
+        jaxpr = jax.make_jaxpr(lambda v: m.apply(v, x)[0])(v)
+        return [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+
+    rolled = scans(Transformer(width=C, num_layers=2, head_dim=16, remat="full"))
+    assert len(rolled) == 1 and rolled[0].params["unroll"] == 1
+    unrolled = scans(Transformer(width=C, num_layers=2, head_dim=16))
+    assert all(e.params["unroll"] >= 2 for e in unrolled)

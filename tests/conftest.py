@@ -16,3 +16,33 @@ import pytest  # noqa: E402
 def _check_devices():
     assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.device_count()}"
     yield
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def load_repo_module():
+    """``load(relpath)``: imports a repository file that is a script, not a package module
+    (``experiments/*.py``), once per session; its directory is on ``sys.path`` while it loads,
+    as when it is run."""
+    import importlib.util
+    import sys
+
+    loaded = {}
+
+    def load(relpath: str):
+        if relpath not in loaded:
+            path = os.path.join(REPO, relpath)
+            name = "repo_" + relpath.replace("/", "_").removesuffix(".py")
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.path.insert(0, os.path.dirname(path))
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(os.path.dirname(path))
+            loaded[relpath] = module
+        return loaded[relpath]
+
+    return load

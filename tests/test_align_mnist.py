@@ -5,7 +5,6 @@ stage)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -20,12 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location(
-        "align_mnist_script", os.path.join(REPO, "experiments", "align_mnist.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_repo_module):
+    return load_repo_module("experiments/align_mnist.py")
 
 
 def test_knn_nll_of_a_gaussian_is_its_entropy(script):

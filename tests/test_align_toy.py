@@ -3,7 +3,6 @@ results JSON (rows, provenance, curves) and the heat maps, and reuses its work w
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -13,17 +12,13 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "align_toy_script", os.path.join(REPO, "experiments", "align_toy.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def script(load_repo_module):
+    return load_repo_module("experiments/align_toy.py")
 
 
 @pytest.mark.slow
-def test_align_toy_smoke(tmp_path):
-    script = _script()
+def test_align_toy_smoke(script, tmp_path):
     out = tmp_path / "results" / "align_toy.json"
     argv = ["--smoke", "--runs_dir", str(tmp_path / "runs"), "--out", str(out),
             "--data_dir", str(tmp_path / "data")]

@@ -1,7 +1,6 @@
 """The TarFlow guidance-sweep script on the digits smoke row: rows, metrics, reuse of the
 classifier, and a clear error for an unconditional model."""
 
-import importlib.util
 import json
 import os
 
@@ -15,12 +14,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "tarflow_mnist.py")
 
 
-def _sweep_module():
-    spec = importlib.util.spec_from_file_location(
-        "tarflow_guidance", os.path.join(REPO, "experiments", "tarflow_guidance.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def sweep(load_repo_module):
+    return load_repo_module("experiments/tarflow_guidance.py")
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +32,8 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sweep_rows_and_classifier_reuse(trained, tmp_path):
+def test_sweep_rows_and_classifier_reuse(trained, sweep, tmp_path):
     data_dir, workdir = trained
-    sweep = _sweep_module()
     kw = dict(weights=[0.0, 2.0], num=40, batch_size=20, seed=0, temperatures=(1.0, 0.7),
               annealed=(True, False),
               classifier_path=str(tmp_path / "cls.msgpack"), classifier_steps=100,
@@ -68,7 +63,7 @@ def test_sweep_rows_and_classifier_reuse(trained, tmp_path):
     assert again["rows"][0]["fd_mnist"] == pytest.approx(rows[0]["fd_mnist"], rel=1e-5)
 
 
-def test_sweep_refuses_missing_workdir(tmp_path):
+def test_sweep_refuses_missing_workdir(sweep, tmp_path):
     with pytest.raises(UserError, match="no config.json"):
-        _sweep_module().run_sweep(str(tmp_path), weights=[0.0], num=4, batch_size=4, seed=0,
+        sweep.run_sweep(str(tmp_path), weights=[0.0], num=4, batch_size=4, seed=0,
                                   classifier_path=None, classifier_steps=1)

@@ -3,23 +3,13 @@ runs inside tests/test_starflow_mnist.py, as stage 2 of the STARFlow experiment)
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location(
-        "starflow_decoder_finetune_script",
-        os.path.join(REPO, "experiments", "starflow_decoder_finetune.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_repo_module):
+    return load_repo_module("experiments/starflow_decoder_finetune.py")
 
 
 def test_recon_metrics(script):

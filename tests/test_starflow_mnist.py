@@ -5,23 +5,16 @@ schema with provenance, and a rerun that reuses every stage."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location(
-        "starflow_mnist_script", os.path.join(REPO, "experiments", "starflow_mnist.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_repo_module):
+    return load_repo_module("experiments/starflow_mnist.py")
 
 
 def test_helpers(script):

@@ -1,9 +1,7 @@
 """experiments/nfbo_guacamol.py's aggregation: rows over seeds, the per-task summary, the NF-BO vs
 baseline counts, and the README renderer of a summary list."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,16 +9,10 @@ import pytest
 from jaxflows.errors import UserError
 from jaxflows.eval.tables import render_table
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 @pytest.fixture(scope="module")
-def driver():
-    spec = importlib.util.spec_from_file_location(
-        "nfbo_driver", os.path.join(REPO, "experiments", "nfbo_guacamol.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def driver(load_repo_module):
+    return load_repo_module("experiments/nfbo_guacamol.py")
 
 
 def _summary(best, later_compiles=0):

@@ -29,8 +29,8 @@ leading ``'layers'`` logical axis and its cache is a tuple of ``K`` pairs ``(k, 
 fully unrolled (no loop-carried stacking of activations and residuals) unless ``remat`` is on
 (then the full pass stays a rolled loop, whose per-iteration buffer reuse is what bounds the
 memory), and the cached pass is a Python loop in which each layer updates its own cache buffer
-in place; ``unroll_layers=False`` keeps a rolled loop (smaller
-programs and faster compiles for deep stacks). The parameters are the same either way.
+in place; ``unroll_layers=False`` keeps a rolled loop (smaller programs and faster compiles
+for deep stacks). The parameters are the same either way.
 
 Logical axis names (mapped to mesh axes by ``config.sharding_rules``): ``'embed'`` (model width),
 ``'heads'``, ``'kv'`` (head dim), ``'mlp'`` (MLP hidden), ``'layers'`` (scan axis).
@@ -453,10 +453,13 @@ def init_cache(
 
 
 def _check_cache(cache, num_layers: int) -> None:
-    if not isinstance(cache, (tuple, list)) or len(cache) != num_layers or not all(
-            isinstance(c, (tuple, list)) and len(c) == 2 for c in cache):
+    pairs = isinstance(cache, (tuple, list)) and all(
+        isinstance(c, (tuple, list)) and len(c) == 2 for c in cache)
+    if not pairs or len(cache) != num_layers:
+        got = (f"{len(cache)} entries" if isinstance(cache, (tuple, list))
+               else type(cache).__name__)
         raise ValueError(f"the KV cache must be {num_layers} (k, v) pairs (init_cache), got "
-                         f"{type(cache).__name__} of length {len(cache)}")
+                         f"{got}")
 
 
 def _is_unstacked(a) -> bool:
@@ -471,7 +474,7 @@ def unstack_layer_params(params):
     default): a sampling loop that takes it hoists the slicing of the weights out of its
     per-token body (XLA on CPU otherwise copies every weight matrix at every token). The full
     causal pass and ``init`` need the stacked params."""
-    if isinstance(params, dict) or hasattr(params, "items"):
+    if hasattr(params, "items"):
         out = {}
         for k, v in params.items():
             if k == "layers" and hasattr(v, "items") and set(v.keys()) == {"layer"}:

@@ -36,7 +36,10 @@ stage                              estimate (CPU time)
 =================================  ============================================================
 
 About 4-4.5 CPU hours in all, three quarters of it the sweep (``--num_samples 2000`` cuts the
-sweep five-fold, at the cost of noisier FD).
+sweep five-fold, at the cost of noisier FD). The sampling figures predate the faster KV-cache
+loop of :mod:`jaxflows.nn.transformer` (unrolled layers, a per-layer cache updated in place,
+weights sliced once per call), which made TarFlow sampling 2.0-4.2x faster on this CPU
+(``benchmarks/README.md``), so the sweep should take correspondingly less.
 
 **Stages** (each cached under ``--runs_dir``, default ``runs/starflow_mnist``; a stage whose
 output exists is skipped, an interrupted training resumes from its checkpoint; use a new

@@ -266,18 +266,6 @@ def tables(rows: list[dict], profiles: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _command(argv: list[str], out: str) -> str:
-    """The command line, with the output path repo-relative (or ``OUT`` outside the repo)."""
-    from jaxflows.provenance import repo_relative
-
-    rel = repo_relative(out, str(ROOT))
-    shown = [rel if a == out and not os.path.isabs(rel) else ("OUT" if a == out else a)
-             for a in argv]
-    shown = [a.replace(out, rel if not os.path.isabs(rel) else "OUT") if a.startswith("--out=")
-             else a for a in shown]
-    return " ".join(["python benchmarks/tarflow_profile.py", *shown])
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     load = os.getloadavg()[0]
@@ -291,7 +279,12 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     import jax
 
-    from jaxflows.provenance import git_commit, machine_info, write_json_atomic
+    from jaxflows.provenance import (
+        git_commit,
+        machine_info,
+        recorded_command,
+        write_json_atomic,
+    )
 
     t0 = time.time()
     raw = []
@@ -305,7 +298,8 @@ def main(argv=None) -> int:
     table = tables(rows, profiles)
     print(table)
     out = {
-        "command": _command(argv if argv is not None else sys.argv[1:], args.out),
+        "command": recorded_command("benchmarks/tarflow_profile.py",
+                                    argv if argv is not None else sys.argv[1:], str(ROOT)),
         "git_commit": git_commit(), "machine": machine_info(), "jax": jax.__version__,
         "load_average_1m": {"start": load, "end": os.getloadavg()[0]},
         "wall_time_s": time.time() - t0, "settings": {

@@ -464,22 +464,10 @@ def write_results(path: str, result: dict) -> None:
 def recorded_command(argv: list[str]) -> str:
     """The command line without this machine's paths (the official copy, the torch python and
     an output file outside the repository are replaced by placeholders)."""
-    placeholders = {"--official": "ML_TARFLOW_DIR", "--torch_python": "TORCH_PYTHON"}
-    out, it = [], iter(argv)
-    for a in it:
-        key, eq, val = a.partition("=")
-        if key in placeholders or key == "--out":
-            if not eq:
-                val = next(it, "")
-            if key == "--out":
-                p = pathlib.Path(val).resolve()
-                val = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
-            else:
-                val = placeholders[key]
-            out.append(f"{key} {val}")
-        else:
-            out.append(a)
-    return " ".join(["python", "benchmarks/tarflow_vs_official.py", *out])
+    from jaxflows.provenance import recorded_command as record
+
+    return record("benchmarks/tarflow_vs_official.py", argv, str(ROOT),
+                  {"--official": "ML_TARFLOW_DIR", "--torch_python": "TORCH_PYTHON"})
 
 
 # --------------------------------------------------------------------------------------------

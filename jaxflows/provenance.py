@@ -80,3 +80,28 @@ def repo_relative(path: str, root: str) -> str:
     else the absolute path."""
     path = os.path.abspath(path)
     return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
+
+
+def recorded_command(script: str, argv: list[str], root: str,
+                     placeholders: dict[str, str] | None = None) -> str:
+    """``python SCRIPT ARGV`` without this machine's paths: the values of the options in
+    ``placeholders`` (``{'--official': 'ML_TARFLOW_DIR'}``) are replaced by their placeholder
+    and ``--out`` by its path relative to ``root`` (or its file name outside ``root``); both
+    ``--opt value`` and ``--opt=value`` forms."""
+    placeholders = placeholders or {}
+    out, it = [], iter(argv)
+    for a in it:
+        key, eq, val = a.partition("=")
+        if key in placeholders or key == "--out":
+            if not eq:
+                val = next(it, "")
+            if key == "--out":
+                path = os.path.abspath(val)
+                val = (os.path.relpath(path, root) if path.startswith(root + os.sep)
+                       else os.path.basename(path))
+            else:
+                val = placeholders[key]
+            out.append(f"{key} {val}")
+        else:
+            out.append(a)
+    return " ".join(["python", script, *out])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
@@ -26,6 +25,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine_load import add_load_args, require_quiet
 
 from jaxflows.bijectors import EXAMPLES
 from jaxflows.provenance import git_commit, machine_info
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--names", default=",".join(EXAMPLES))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/bijectors.json"))
+    add_load_args(p)
     args = p.parse_args(argv)
     dims = [int(d) for d in args.dims.split(",")]
     names = [n for n in args.names.split(",") if n]
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown bijectors {sorted(unknown)}; registered: {', '.join(EXAMPLES)}")
 
-    load0 = os.getloadavg()[0]
+    load0 = require_quiet("bijectors", args)
     rows = []
     for name in names:
         impls = [("jaxflows", lambda b: b)]

@@ -24,6 +24,7 @@ import sys
 import time
 
 import numpy as np
+from machine_load import add_load_args, require_quiet
 
 from jaxflows.chem import guacamol
 from jaxflows.provenance import git_commit, write_json_atomic
@@ -126,8 +127,9 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", default=",".join(guacamol.TASKS), help="comma-separated task ids")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     p.add_argument("--out", default=None, help="write the results as JSON to this path")
+    add_load_args(p)
     args = p.parse_args(argv)
-    load_start = os.getloadavg()[0]
+    load_start = require_quiet("chem", args)
     tasks = [t for t in args.tasks.split(",") if t]
     for t in tasks:
         guacamol.check_task(t)

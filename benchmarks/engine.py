@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from machine_load import add_load_args, require_quiet
+
 from jaxflows.provenance import git_commit, machine_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,7 +74,7 @@ def _worker(config_spec: str, steps: int, devices: int, dispatch: int) -> dict:
             "examples_per_s": engine * config.train.batch_size}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="experiments/configs/vae_mnist.py:smoke")
     p.add_argument("--steps", type=int, default=400)
@@ -81,10 +83,12 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(HERE, "results", "engine.json"))
     p.add_argument("--_worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--_k", type=int, default=1, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    add_load_args(p)
+    args = p.parse_args(argv)
     if args._worker:
         print("RESULT " + json.dumps(_worker(args.config, args.steps, args._worker, args._k)))
         return
+    load_start = require_quiet("engine", args)
     rows = []
     for d in [int(x) for x in args.devices.split(",")]:
         for k in [int(x) for x in args.dispatch.split(",")]:
@@ -99,7 +103,7 @@ def main() -> None:
             rows.append(json.loads(line[0][7:]))
     commit = git_commit(REPO)
     result = {"command": "python " + " ".join(sys.argv), "git_commit": commit,
-              "machine": machine_info(),
+              "machine": machine_info(load_start),
               "config": args.config, "rows": rows}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(args.out, "w") as f:

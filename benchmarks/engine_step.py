@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -40,3 +41,17 @@ def model_flops(run, state, batch) -> float:
 
     with jax.set_mesh(run.mesh):
         return float(step_flops(run.train_step, state, batch)["flops"])
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """This machine's matmul peak: FLOP/s of a jitted ``n x n`` float32 matmul, best of
+    ``reps`` calls after a warm-up."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best

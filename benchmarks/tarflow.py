@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from engine_step import compiled_engine_step, flops_of, model_flops
+from engine_step import compiled_engine_step, flops_of, matmul_peak, model_flops
+from machine_load import add_load_args, require_quiet
 
 from jaxflows.models import tarflow_sampling as ts
 from jaxflows.models.tarflow import count_params
@@ -46,19 +45,6 @@ SIZES = {  # name -> (patch, width, blocks, layers)
 
 def _block(tree):
     return jax.tree.map(lambda a: a.block_until_ready(), tree)
-
-
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of a jitted ``n x n`` float32 matmul (best of ``reps``)."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    _block(f(a))
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        _block(f(a))
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def _config(size: str, dtype: str):
@@ -158,8 +144,9 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/tarflow.json"))
+    add_load_args(ap)
     args = ap.parse_args(argv)
-    load = os.getloadavg()[0]
+    load = require_quiet("tarflow", args)
     args.peak = matmul_peak()
     rows = [bench(s, args) for s in args.sizes.split(",")]
     table = markdown(rows, args.peak)

@@ -47,6 +47,8 @@ import sys
 import tempfile
 import time
 
+from machine_load import add_load_args, load_refusal
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks/results/tarflow_profile.json"
 #: name -> (image (H, W, C), patch, width, blocks, layers per block, classes, batch, attn temp of
@@ -67,8 +69,7 @@ def parse_args(argv=None):
                     help="rounds over the variants (alternating); the table gives medians")
     ap.add_argument("--sample_batch", type=int, default=16)
     ap.add_argument("--profile", action="store_true", help="trace the current grad by op kind")
-    ap.add_argument("--max_load", type=float, default=1.0)
-    ap.add_argument("--force", action="store_true", help="run even on a loaded machine")
+    add_load_args(ap)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args(argv)
     args.config_names = [c for c in args.configs.split(",") if c]
@@ -269,9 +270,9 @@ def tables(rows: list[dict], profiles: list[dict]) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     load = os.getloadavg()[0]
-    if load > args.max_load and not args.force:
-        print(f"tarflow_profile: refusing to run, 1-minute load average {load:.2f} > "
-              f"{args.max_load:.1f}; run it on a quiet machine or pass --force")
+    refusal = load_refusal("tarflow_profile", load, args.max_load, args.force)
+    if refusal:
+        print(refusal)
         return 2
     if args.profile:  # per-thunk TraceMe; must be set before jax starts
         flags = os.environ.get("XLA_FLAGS", "")

@@ -47,6 +47,7 @@ import tempfile
 import time
 
 import numpy as np
+from machine_load import add_load_args, require_quiet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(__file__).resolve().with_name("official_tarflow_worker.py")
@@ -122,9 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="'' = eager (official default); else a torch.compile mode of the "
                          "official loss, e.g. max-autotune (train.py --compile)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max_load", type=float, default=1.0)
-    ap.add_argument("--force", action="store_true",
-                    help="run even when the machine is loaded (smoke tests only)")
+    add_load_args(ap)
     ap.add_argument("--worker_timeout", type=float, default=3600.0, help="seconds per round")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args(argv)
@@ -147,16 +146,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.torch_device not in ("auto", "cpu") and not args.torch_device.startswith("cuda"):
         ap.error(f"--torch_device {args.torch_device!r}: auto, cpu or cuda[:N]")
     return args
-
-
-def load_refusal(load: float, max_load: float, force: bool) -> str | None:
-    """The one-line refusal when the 1-minute load average ``load`` is above ``max_load``
-    (``None``: go ahead, also when ``force``)."""
-    if force or load <= max_load:
-        return None
-    return (f"tarflow_vs_official: refusing to run, 1-minute load average {load:.2f} > "
-            f"{max_load:.1f} (timings would be meaningless); run it on a quiet machine or pass "
-            "--force for a smoke test")
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,10 +466,7 @@ def main(argv=None) -> dict | None:
     """Runs the benchmark; prints the table and writes the JSON (returns the results)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    load_start = os.getloadavg()[0]
-    refusal = load_refusal(load_start, args.max_load, args.force)
-    if refusal:
-        sys.exit(refusal)
+    load_start = require_quiet("tarflow_vs_official", args)
     if not (pathlib.Path(args.official) / "transformer_flow.py").is_file():
         sys.exit(f"tarflow_vs_official: no transformer_flow.py in --official {args.official}")
     # on a GPU both sides share the device: ours must not preallocate the usual 75%

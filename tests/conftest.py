@@ -37,9 +37,13 @@ def load_repo_module():
             name = "repo_" + relpath.replace("/", "_").removesuffix(".py")
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # dataclasses and pickling look their module up
             sys.path.insert(0, os.path.dirname(path))
             try:
                 spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
             finally:
                 sys.path.remove(os.path.dirname(path))
             loaded[relpath] = module

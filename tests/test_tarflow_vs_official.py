@@ -59,14 +59,6 @@ def test_configs_match_the_brief(bench):
     assert (m.num_tokens, m.token_dim, s.num_tokens, s.token_dim) == (49, 16, 64, 12)
 
 
-def test_load_refusal_is_one_line(bench):
-    msg = bench.load_refusal(3.57, 1.0, force=False)
-    assert msg is not None and "\n" not in msg
-    assert "3.57" in msg and "--force" in msg and "refusing" in msg
-    assert bench.load_refusal(3.57, 1.0, force=True) is None
-    assert bench.load_refusal(0.4, 1.0, force=False) is None
-
-
 def test_main_refuses_on_a_loaded_machine(bench, monkeypatch, tmp_path):
     monkeypatch.setattr(bench.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
 

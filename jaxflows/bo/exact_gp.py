@@ -10,8 +10,14 @@ observed rows). The kernel is :class:`~jaxflows.bo.surrogate.Masked`, the diagon
 0 (the mean function is also masked), so the covariance is block-diagonal ``[[K + sigma^2 I, 0],
 [0, I]]`` and padded rows change neither the posterior nor (after subtracting their constant
 ``-0.5 log(2 pi (1 + jitter))`` each) the marginal likelihood. The Cholesky factorisation is
-tinygp's ``DirectSolver`` in float32; ``jitter`` (default 1e-6) on top of the noise floor 1e-4
-keeps it positive definite for standardised targets.
+tinygp's ``DirectSolver`` in float32 with ``jitter`` (default 1e-6) on the diagonal, on top of
+the noise floor 1e-4 of standardised targets. That is not always enough: with many (nearly)
+duplicate inputs and a large output scale the float32 Cholesky fails (NaN), and a fit whose
+every step is then skipped stays stuck for the rest of a BO run. So :func:`stable_jitter` retries
+as gpytorch's ``psd_safe_cholesky`` does (:func:`jaxflows.bo.linalg.stable_jitter`): the first
+of ``jitter``, then ``jitter * 10^k * s`` (``k = 1..4``, ``s`` = output scale + noise, i.e.
+relative to the kernel's diagonal) at which the factorisation is finite; the choice is not
+differentiated.
 """
 
 from __future__ import annotations
@@ -21,12 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflows.bo._deps import tinygp
+from jaxflows.bo.linalg import stable_jitter
 from jaxflows.bo.surrogate import Masked, Surrogate, features, hyperparameters, kernel
 
 
-def build_gp(params: Surrogate, x: jax.Array, mask: jax.Array,
-             jitter: float) -> tinygp.GaussianProcess:
-    """Prior GP on padded training inputs x: [N, D], mask: [N] (standardised units)."""
+def _gp(params: Surrogate, x: jax.Array, mask: jax.Array, jitter) -> tinygp.GaussianProcess:
     _, _, noise = hyperparameters(params)
     mask = mask.astype(jnp.float32)
     diag = noise * mask + (1.0 - mask) + jitter
@@ -34,12 +39,25 @@ def build_gp(params: Surrogate, x: jax.Array, mask: jax.Array,
                                   mean=lambda X: params.constant * X[1])
 
 
+def build_gp(params: Surrogate, x: jax.Array, mask: jax.Array,
+             jitter: float) -> tuple[tinygp.GaussianProcess, jax.Array]:
+    """Prior GP on padded training inputs x: [N, D], mask: [N] (standardised units), factorised
+    with :func:`jaxflows.bo.linalg.stable_jitter` (relative to output scale + noise); returns
+    (GP, the jitter used)."""
+    _, outputscale, noise = hyperparameters(params)
+    m = mask.astype(jnp.float32)
+    x_m = (features(params, x), m)
+    cov = Masked(kernel(params))(x_m, x_m) + jnp.diag(noise * m + (1.0 - m))
+    j = stable_jitter(cov, jitter, outputscale + noise)
+    return _gp(params, x, mask, j), j
+
+
 def neg_mll(params: Surrogate, x: jax.Array, y_std: jax.Array, mask: jax.Array,
             jitter: float) -> jax.Array:
     """Negative exact marginal log-likelihood per observed point (gpytorch's
     ``ExactMarginalLogLikelihood`` scaling). x: [N, D], y_std: [N] standardised (0 on padding),
     mask: [N] -> scalar."""
-    gp = build_gp(params, x, mask, jitter)
+    gp, jitter = build_gp(params, x, mask, jitter)
     n_pad = (1.0 - mask).sum()
     pad_term = n_pad * 0.5 * (np.log(2 * np.pi) + jnp.log1p(jitter))
     n = jnp.maximum(mask.sum(), 1.0)
@@ -51,7 +69,7 @@ def posterior_std(params: Surrogate, x: jax.Array, y_std: jax.Array, mask: jax.A
                   full_cov: bool = True) -> tuple[jax.Array, jax.Array]:
     """Latent posterior in standardised units at ``x_query: [M, D]``: mean ``[M]`` and
     covariance ``[M, M]`` (or variance ``[M]`` when ``full_cov`` is False)."""
-    gp = build_gp(params, x, mask, jitter)
+    gp, _ = build_gp(params, x, mask, jitter)
     q = (features(params, x_query), jnp.ones(x_query.shape[0], jnp.float32))
     # diag=0: the latent f (tinygp would otherwise add sqrt(float eps) to the test diagonal)
     cond = gp.condition(y_std * mask, q, diag=jnp.zeros((), jnp.float32)).gp
@@ -62,7 +80,7 @@ def solve_update(params: Surrogate, x: jax.Array, mask: jax.Array, resid: jax.Ar
                  x_query: jax.Array, jitter: float) -> jax.Array:
     """``K_qx (K_xx + sigma^2 I)^-1 resid`` for residuals ``resid: [N, S]`` (pathwise update);
     returns ``[M, S]``. Padded rows of ``resid`` are ignored."""
-    gp = build_gp(params, x, mask, jitter)
+    gp, _ = build_gp(params, x, mask, jitter)
     alpha = gp.solver.solve_triangular(resid * mask[:, None])
     alpha = gp.solver.solve_triangular(alpha, transpose=True)
     q = (features(params, x_query), jnp.ones(x_query.shape[0], jnp.float32))

@@ -9,7 +9,8 @@ Posterior covariances over many nearby candidates are nearly singular, and float
 makes them slightly indefinite. :func:`psd_safe_root` does what gpytorch's
 ``psd_safe_cholesky`` does (retry the Cholesky with growing jitter), with the jitter relative to
 the mean diagonal (``1e-6, 1e-5, ...`` times it), and if every try fails falls back to an
-eigendecomposition with negative eigenvalues clipped to zero.
+eigendecomposition with negative eigenvalues clipped to zero. :func:`stable_jitter` is the
+same retry for factorisations that are differentiated (the GP fits): it only picks the jitter.
 """
 
 from __future__ import annotations
@@ -53,3 +54,31 @@ def psd_safe_root(a: jax.Array, jitter: float = 1e-6, max_tries: int = 4) -> jax
         return v * jnp.sqrt(jnp.maximum(w, 0.0))[None, :]
 
     return jax.lax.cond(ok(l), lambda _: l, eig_root, None)
+
+
+#: retries of a Cholesky with a larger jitter (1e-5 ... 1e-2 of the scale, for jitter 1e-6)
+MAX_JITTER_TRIES = 4
+
+
+def stable_jitter(a: jax.Array, jitter: float, scale: jax.Array,
+                  max_tries: int = MAX_JITTER_TRIES) -> jax.Array:
+    """The jitter ``j`` to factorise ``a + j I`` with (``a: [M, M]`` symmetric; a float32 scalar,
+    not differentiated): ``jitter`` when that Cholesky is finite, else the first finite one of
+    ``jitter * 10^k * scale`` for ``k = 1..max_tries`` (the last when none is). ``scale`` is
+    the size of ``a``'s diagonal (e.g. a kernel's output scale)."""
+    a = jax.lax.stop_gradient(a)
+    eye = jnp.eye(a.shape[0], dtype=a.dtype)
+    scale = jax.lax.stop_gradient(scale)
+
+    def finite(j):
+        return jnp.all(jnp.isfinite(jnp.linalg.cholesky(a + j * eye)))
+
+    def body(carry):
+        _, k, _ = carry
+        j = jitter * 10.0 ** k.astype(jnp.float32) * scale
+        return j, k + 1, finite(j)
+
+    j0 = jnp.asarray(jitter, jnp.float32)
+    j, _, _ = jax.lax.while_loop(lambda c: ~c[2] & (c[1] <= max_tries), body,
+                                 (j0, jnp.ones((), jnp.int32), finite(j0)))
+    return jax.lax.stop_gradient(j)

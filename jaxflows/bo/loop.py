@@ -248,6 +248,13 @@ class BORun:
                 self.surrogate, x, y, st.jax_key(self.seed, it, "gp"),
                 init_params=s.gp_params if warm else None,
                 num_steps=c.gp.refit_steps if warm else c.gp.init_steps)
+            if warm and not np.isfinite(float(s.gp_params.loss)):
+                # a warm start from a broken fit would stay broken: start again from scratch
+                log.warning("iteration %d: the warm-started GP fit is not finite; refitting "
+                            "from a fresh initialisation", it)
+                s.gp_params = fit_surrogate(self.surrogate, x, y,
+                                            st.jax_key(self.seed, it, "gp_restart"),
+                                            num_steps=c.gp.init_steps)
         return x, y
 
     def _propose(self, it: int) -> np.ndarray:

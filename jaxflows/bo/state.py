@@ -47,7 +47,7 @@ VERSION = 1
 
 #: purposes of the random streams (the third component of every draw's seed)
 PURPOSES = {"gp": 1, "anchors": 2, "tacs": 3, "candidates": 4, "thompson": 5, "finetune": 6,
-            "prior": 7}
+            "prior": 7, "gp_restart": 8}
 
 
 def jax_key(seed: int, iteration: int, purpose: str) -> jax.Array:

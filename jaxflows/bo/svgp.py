@@ -9,7 +9,8 @@ before the variational strategy and initialises the inducing points to the featu
 1024 training inputs. gpytorch is not used here; the algebra (ours) is:
 
 * ``L_z = chol(K_zz + jitter I)`` (jitter 1e-4, gpytorch's float32 default for variational
-  Cholesky), ``A = L_z^-1 K_zx``; whitened ``q(v) = N(m, S)``, ``S = L L^T`` with ``L`` the
+  Cholesky; larger when that fails, :func:`jaxflows.bo.linalg.stable_jitter`),
+  ``A = L_z^-1 K_zx``; whitened ``q(v) = N(m, S)``, ``S = L L^T`` with ``L`` the
   lower triangle of ``var_chol``; ``u = L_z v``.
 * predictive ``f(x)``: mean ``c + A^T m``, covariance ``K_xx - A^T A + A^T S A``.
 * objective per minibatch: ``mean_i log N(y_i | mu_i, var_i + sigma^2) - KL(q(v) || N(0, I)) /
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
+from jaxflows.bo.linalg import stable_jitter
 from jaxflows.bo.surrogate import Surrogate, features, hyperparameters, kernel
 
 
@@ -38,9 +40,12 @@ def init_variational(params: Surrogate, x_init: jax.Array) -> Surrogate:
 
 
 def _chol_z(params: Surrogate, jitter: float) -> jax.Array:
+    """``chol(K_zz + j I)`` with ``j`` = ``jitter``, or larger when that fails in float32
+    (:func:`jaxflows.bo.linalg.stable_jitter`, relative to the output scale)."""
     z = params.inducing
     kzz = kernel(params)(z, z)
-    return jnp.linalg.cholesky(kzz + jitter * jnp.eye(z.shape[0], dtype=kzz.dtype))
+    j = stable_jitter(kzz, jitter, hyperparameters(params)[1])
+    return jnp.linalg.cholesky(kzz + j * jnp.eye(z.shape[0], dtype=kzz.dtype))
 
 
 def _interp(params: Surrogate, phi: jax.Array, jitter: float) -> jax.Array:

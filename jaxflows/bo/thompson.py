@@ -145,6 +145,10 @@ def thompson_batch(rng: jax.Array, params: Surrogate, x_train, y_train, candidat
     for t in range(candidates.shape[0]):
         s = sample_posterior(jax.random.fold_in(rng, t), params, x_train, y_train,
                              candidates[t], q, **kw)
+        if not bool(jnp.all(jnp.isfinite(s))):  # argmax would return a fixed, meaningless pick
+            raise FloatingPointError(
+                f"Thompson samples of trust region {t} are not finite (GP training loss "
+                f"{float(params.loss):.4g}): the surrogate's posterior failed")
         idx.append(select_without_replacement(s))
     idx = jnp.stack(idx)
     points = jnp.take_along_axis(candidates, idx[:, :, None], axis=1)

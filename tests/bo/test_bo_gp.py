@@ -151,3 +151,37 @@ def test_warm_start_switches_between_exact_and_svgp():
     assert back.kind == "exact" and back.inducing is None
     with pytest.raises(BOInputError, match="3-d inputs"):
         gp._initial(cfg, jnp.zeros((5, 2)), jax.random.key(0), p, "exact")
+
+
+def test_stable_jitter_keeps_a_good_jitter_and_rescues_a_failed_cholesky():
+    from jaxflows.bo.linalg import stable_jitter
+
+    good = jnp.eye(4) + 0.1
+    assert float(stable_jitter(good, 1e-6, 1.0)) == pytest.approx(1e-6)
+    # an RBF kernel (output scale 100) of 300 nearly equal points plus the 1e-4 noise floor:
+    # past float32 (the case that stalled whole NF-BO runs on valt)
+    f = np.random.default_rng(0).normal(size=(300, 8)) * 1e-3
+    d2 = ((f[:, None] - f[None]) ** 2).sum(-1)
+    bad = jnp.asarray(100.0 * np.exp(-d2 / 2) + 1e-4 * np.eye(300), jnp.float32)
+    assert not np.isfinite(np.asarray(jnp.linalg.cholesky(bad + 1e-6 * jnp.eye(300)))).all()
+    j = float(stable_jitter(bad, 1e-6, 100.0))
+    assert j > 1e-6
+    assert np.isfinite(np.asarray(jnp.linalg.cholesky(bad + j * jnp.eye(300)))).all()
+
+
+def test_mll_of_duplicated_inputs_is_finite_with_finite_gradients():
+    from jaxflows.bo.exact_gp import _gp
+
+    rng = np.random.default_rng(0)
+    x = (np.array([[0.3, -1.2, 0.5]]) + 1e-3 * rng.normal(size=(300, 3))).astype(np.float32)
+    y = rng.normal(size=300).astype(np.float32)
+    mask = np.ones(300, np.float32)
+    p = _fixed_params(outputscale=100.0, noise=1e-4 + 1e-7)
+    ys, _, _ = standardise(jnp.asarray(y), jnp.asarray(mask))
+    # the fixed jitter alone fails: this is what the retry is for
+    assert not np.isfinite(np.asarray(_gp(p, x, mask, 1e-6).solver.scale_tril)).all()
+    loss, grads = jax.value_and_grad(neg_mll)(p, x, ys, mask, 1e-6)
+    assert np.isfinite(float(loss))
+    leaves = [np.asarray(g) for g in jax.tree.leaves(grads) if jnp.issubdtype(g.dtype,
+                                                                               jnp.floating)]
+    assert all(np.isfinite(g).all() for g in leaves)

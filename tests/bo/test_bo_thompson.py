@@ -101,3 +101,13 @@ def test_thompson_batch_per_trust_region(problem):
         np.testing.assert_array_equal(pts[t], cands[t][np.asarray(idx[t])])
     with pytest.raises(BOInputError, match="q=7"):
         thompson.thompson_batch(jax.random.key(0), p, x, y, cands, q=7)
+
+
+def test_non_finite_posterior_samples_raise_instead_of_a_fixed_pick():
+    p = init_surrogate(SurrogateConfig(), jax.random.key(0), 2)
+    p = p.replace(constant=jnp.float32(jnp.nan))  # a broken fit
+    x = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
+    y = np.arange(6, dtype=np.float32)
+    cand = np.random.default_rng(1).normal(size=(1, 8, 2)).astype(np.float32)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        thompson.thompson_batch(jax.random.key(1), p, x, y, cand, 2)

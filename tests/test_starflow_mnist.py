@@ -66,6 +66,11 @@ def test_starflow_mnist_quick(script, tmp_path):
     assert rows["starflow"]["params_frozen_autoencoder"] > 0
     assert rows["tarflow_pixel"]["params_frozen_autoencoder"] == 0
     assert rows["starflow_uniform"]["train_wall_time_s"] is None
+    for name in ("starflow", "tarflow_pixel"):
+        tr = rows[name]["trained"]
+        assert tr["train_steps_per_s_median"] > 0
+        assert tr["train_time_at_median_rate_s"] == pytest.approx(
+            rows[name]["train_steps"] / tr["train_steps_per_s_median"])
     # w = 0 is one computation for both STARFlow rules
     w0 = {e["rule"]: e["fd_mnist"] for e in rows["starflow"]["guidance"] if e["weight"] == 0}
     assert w0["starflow"] == w0["tarflow"]
@@ -114,3 +119,6 @@ def test_starflow_mnist_quick(script, tmp_path):
     # a rerun reuses every stage: the same rows
     again = script.main(argv)
     assert again["rows"] == json.loads(json.dumps(results["rows"]))
+    # the rerun keeps the first invocation's provenance and timings
+    (first,) = json.loads(out.read_text())["earlier_invocations"]
+    assert first["timings"] == saved["timings"] and first["command"] == saved["command"]

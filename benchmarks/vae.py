@@ -8,17 +8,19 @@ For each row of ``experiments/configs/vae_mnist.py`` (``--rows``; 784-300-300 ga
     the matmul peak** measured in the same run (a jitted 2048^2 float32 matmul, best of 5, once
     before and once after the rows; the larger is the peak);
   * the importance-sampled ``-log p(x)`` with 5,000 samples per image as ``final_eval`` computes
-    it: images in calls of ``--eval_batch`` (the config's eval batch, 500), samples drawn
-    ``is_chunk`` at a time inside the call (each value of ``--is_chunks``; the config's 100 when
-    empty), over ``--eval_images`` random binary images (the cost does not depend on the pixels;
-    10,000 = the whole MNIST test set, timed directly; fewer = extrapolated from the calls after
-    the first): seconds, images/s, achieved FLOP/s and fraction of peak.
+    it: images in calls of ``--eval_batch`` (the config's eval batch when empty), samples drawn
+    ``is_chunk`` at a time inside the call (each value of ``--is_chunks``; the config's when
+    empty), compiled with or without YNNPACK library fusions (``--is_fusions``; without is what
+    ``final_eval`` does on a CPU, :mod:`jaxflows.train.xla_options`),
+    over ``--eval_images`` random binary images (the cost does not depend on the pixels; 10,000
+    = the whole MNIST test set, timed directly; fewer = extrapolated from the calls after the
+    first): seconds, images/s, achieved FLOP/s and fraction of peak, for every combination.
 
 It refuses to run when the 1-minute load average is above ``--max_load`` (1.0) and records the
 load at the start and the end. Prints a Markdown table and writes ``benchmarks/results/vae.json``.
 
     .venv/bin/python benchmarks/vae.py [--rows vae,ccliniaf_k3] [--eval_images 10000]
-        [--is_chunks 100,20]
+        [--eval_batch 500,100] [--is_chunks 100,20] [--is_fusions off,on]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from jaxflows.eval.likelihood import importance_sampled_nll
 from jaxflows.provenance import git_commit, machine_info, recorded_command
 from jaxflows.train.flops import step_flops
 from jaxflows.train.task import DataInfo
+from jaxflows.train.xla_options import cpu_library_fusions_off
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST = DataInfo.for_images((28, 28, 1), num_classes=10, num_train=50_000, num_eval=10_000)
@@ -80,18 +83,21 @@ def bench_train(config, steps: int) -> tuple[dict, object, object]:
     return out, run.task, state.params
 
 
-def bench_is(task, params, *, num_is: int, chunk: int, eval_batch: int,
+def bench_is(task, params, *, num_is: int, chunk: int, fusions: str, eval_batch: int,
              eval_images: int) -> dict:
     """Importance-sampled NLL of ``eval_images`` random binary images, ``eval_batch`` per call,
     ``chunk`` samples per scan step; the whole test set's time, measured or extrapolated."""
     rng = np.random.default_rng(1)
     calls = -(-eval_images // eval_batch)
 
-    def is_nll(p, x, key):
+    def is_nll_fn(p, x, key):
         return importance_sampled_nll(task.log_weights, p, x, key, num_is, chunk)
 
+    # as final_eval compiles it: without CPU library fusions unless fusions == "on"
+    opts = cpu_library_fusions_off() if fusions == "off" else {}
+    is_nll = jax.jit(is_nll_fn, compiler_options=opts)
     x0 = jnp.zeros((eval_batch, 28 * 28), jnp.float32)
-    flops_call = step_flops(is_nll, params, x0, jax.random.key(0))["flops"]
+    flops_call = step_flops(is_nll_fn, params, x0, jax.random.key(0))["flops"]
     times = []
     for i in range(calls):
         x = jnp.asarray(rng.integers(0, 2, (eval_batch, 28 * 28)).astype(np.float32))
@@ -99,13 +105,14 @@ def bench_is(task, params, *, num_is: int, chunk: int, eval_batch: int,
         nll = _block(is_nll(params, x, jax.random.key(i)))
         times.append(time.perf_counter() - t0)
     if not np.all(np.isfinite(np.asarray(nll))):
-        raise FloatingPointError(f"non-finite IS-NLL with is_chunk={chunk}")
+        raise FloatingPointError(f"non-finite IS-NLL with is_chunk={chunk}, fusions {fusions}")
     steady = times[1:] or times
     call_s = float(np.mean(steady))
     full_calls = -(-MNIST.num_eval // eval_batch)
     measured = calls * eval_batch >= MNIST.num_eval
     return {
-        "is_samples": num_is, "is_chunk": chunk, "eval_batch": eval_batch,
+        "is_samples": num_is, "is_chunk": chunk, "cpu_library_fusions": fusions,
+        "eval_batch": eval_batch,
         "eval_images": calls * eval_batch, "is_calls": calls,
         "is_first_call_s": times[0], "is_call_s": call_s,
         "is_images_per_s": eval_batch / call_s,
@@ -128,13 +135,14 @@ def markdown(record: dict) -> str:
                    f"| {r['train_flops_per_step'] / 1e9:.3f} "
                    f"| {r['train_flops_per_s'] / 1e9:.0f} | {r['train_fraction_of_peak']:.0%} "
                    f"| {r['train_compile_s']:.1f} |")
-    out += ["", "| row | IS samples | is_chunk | images per call | images timed | s per call "
-            "| images/s | GFLOP/s | of peak | 10,000 test images (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["", "| row | IS samples | is_chunk | CPU library fusions | images per call "
+            "| images timed | s per call | images/s | GFLOP/s | of peak | 10,000 test images (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["results"]:
         for e in r["is_nll"]:
             how = "measured" if e["test_set_measured"] else "extrapolated"
-            out.append(f"| {r['row']} | {e['is_samples']} | {e['is_chunk']} | {e['eval_batch']} "
+            out.append(f"| {r['row']} | {e['is_samples']} | {e['is_chunk']} "
+                       f"| {e.get('cpu_library_fusions', 'on')} | {e['eval_batch']} "
                        f"| {e['eval_images']} | {e['is_call_s']:.2f} "
                        f"| {e['is_images_per_s']:.1f} | {e['is_flops_per_s'] / 1e9:.0f} "
                        f"| {e['is_fraction_of_peak']:.0%} | {e['test_set_eval_s']:.0f} ({how}) |")
@@ -147,18 +155,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="timed training steps")
     p.add_argument("--eval_images", type=int, default=1000,
                    help="images for the IS-NLL timing (10000 = the whole test set)")
-    p.add_argument("--eval_batch", type=int, default=0,
-                   help="images per IS call (0 = the config's eval batch)")
+    p.add_argument("--eval_batch", default="",
+                   help="images per IS call, comma-separated ('' = the config's eval batch)")
     p.add_argument("--is_chunks", default="", help="samples per scan step ('' = the config's)")
+    p.add_argument("--is_fusions", default="off",
+                   help="YNNPACK library fusions in the IS computation on a CPU: off (the "
+                        "task's default), on, or both ('off,on')")
     p.add_argument("--num_is_samples", type=int, default=5000)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/vae.json"))
     add_load_args(p)
     args = p.parse_args(argv)
     args.row_names = [r for r in args.rows.split(",") if r]
-    args.chunk_values = [int(c) for c in args.is_chunks.split(",") if c]
-    if args.steps < 1 or args.eval_images < 1 or args.num_is_samples < 1 or args.eval_batch < 0 \
-            or any(c < 1 for c in args.chunk_values):
-        p.error("--steps, --eval_images, --num_is_samples and --is_chunks must be >= 1")
+    try:
+        args.batch_values = [int(c) for c in args.eval_batch.split(",") if c]
+        args.chunk_values = [int(c) for c in args.is_chunks.split(",") if c]
+    except ValueError as e:
+        p.error(f"--eval_batch and --is_chunks take comma-separated integers: {e}")
+    args.fusion_values = [f for f in args.is_fusions.split(",") if f]
+    if not args.fusion_values or any(f not in ("off", "on") for f in args.fusion_values):
+        p.error(f"--is_fusions takes off, on or off,on; got {args.is_fusions!r}")
+    if args.steps < 1 or args.eval_images < 1 or args.num_is_samples < 1 or any(
+            c < 1 for c in args.chunk_values + args.batch_values):
+        p.error("--steps, --eval_images, --num_is_samples, --eval_batch and --is_chunks must "
+                "be >= 1")
     return args
 
 
@@ -173,11 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
         config = _config(row)
         config.mesh.data = 1
         r, task, params = bench_train(config, args.steps)
-        eval_batch = args.eval_batch or int(config.train.eval_batch_size)
-        r["is_nll"] = [bench_is(task, params, num_is=args.num_is_samples, chunk=c,
-                                eval_batch=min(eval_batch, args.eval_images),
+        r["is_nll"] = [bench_is(task, params, num_is=args.num_is_samples, chunk=c, fusions=f,
+                                eval_batch=min(b, args.eval_images),
                                 eval_images=args.eval_images)
-                       for c in (args.chunk_values or [task.is_chunk])]
+                       for b in (args.batch_values or [int(config.train.eval_batch_size)])
+                       for c in (args.chunk_values or [task.is_chunk])
+                       for f in args.fusion_values]
         results.append({"row": row, "flow": config.model.flow, **r})
     peaks.append(matmul_peak())
     peak = max(peaks)

@@ -36,7 +36,8 @@ def test_vae_benchmark_reports_fractions_of_the_peak(load_repo_module, tmp_path)
     vae = load_repo_module("benchmarks/vae.py")
     out = tmp_path / "vae.json"
     record = vae.main(["--rows", "smoke", "--steps", "2", "--eval_images", "8",
-                       "--eval_batch", "4", "--is_chunks", "5,10", "--num_is_samples", "10",
+                       "--eval_batch", "4", "--is_chunks", "5,10", "--is_fusions", "off,on",
+                       "--num_is_samples", "10",
                        "--force", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["command"].startswith("python benchmarks/vae.py --rows smoke")
@@ -45,8 +46,10 @@ def test_vae_benchmark_reports_fractions_of_the_peak(load_repo_module, tmp_path)
     assert row["train_flops_per_step"] > 0
     assert row["train_fraction_of_peak"] == pytest.approx(
         row["train_flops_per_s"] / saved["matmul_peak_flops_per_s"])
-    assert [e["is_chunk"] for e in row["is_nll"]] == [5, 10]
-    small, big = row["is_nll"]
+    assert [(e["is_chunk"], e["cpu_library_fusions"]) for e in row["is_nll"]] == [
+        (5, "off"), (5, "on"), (10, "off"), (10, "on")]
+    small, small_on, big, _ = row["is_nll"]
+    assert small_on["is_flops_per_call"] == small["is_flops_per_call"]
     # the same samples per image; the encoder runs once per chunk, so fewer chunks cost less
     assert 0 < big["is_flops_per_call"] < small["is_flops_per_call"]
     assert small["is_calls"] == 2 and small["eval_images"] == 8

@@ -40,6 +40,7 @@ import numpy as np
 from jaxflows.data.transforms import dynamic_binarize
 from jaxflows.errors import ConfigError
 from jaxflows.eval.likelihood import importance_sampled_nll
+from jaxflows.nn.activations import softplus
 from jaxflows.nn.gated import GatedMLP, logical_dense
 from jaxflows.train.task import (
     DataInfo,
@@ -50,6 +51,7 @@ from jaxflows.train.task import (
     masked_mean,
     to_host,
 )
+from jaxflows.train.xla_options import cpu_library_fusions_off
 
 FLOWS = ("none", "householder", "linear_iaf", "cc_linear_iaf", "planar", "iaf", "sylvester")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -93,7 +95,7 @@ def bernoulli_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
     ``[1e-7, 1 - 1e-7]`` as the original code did; it is finite for any logits.
     """
     logits = logits.astype(jnp.float32)
-    return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
+    return jnp.sum(x * logits - softplus(logits), axis=-1)
 
 
 def gaussian_log_prob(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -213,7 +215,10 @@ class VAETask(Task):
 
     ``config.model`` keys: ``flow`` (one of :data:`FLOWS`), ``num_flows``, ``num_components``,
     ``latent_dim``, ``hidden`` (tuple), ``likelihood`` (``'bernoulli'`` | ``'gaussian'``),
-    ``warmup_epochs``, ``num_is_samples``, ``is_chunk``.
+    ``warmup_epochs``, ``num_is_samples``, ``is_chunk`` (samples per scan step of the
+    importance-sampled NLL), ``cpu_library_fusions_in_eval`` (optional, default False: on a CPU
+    the eval computations compile without YNNPACK library fusions, see
+    :mod:`jaxflows.train.xla_options`).
     """
 
     best_metric = "neg_elbo"
@@ -254,7 +259,12 @@ class VAETask(Task):
         self.warmup_epochs = float(mc.warmup_epochs)
         self.num_is_samples = int(mc.num_is_samples)
         self.is_chunk = int(mc.is_chunk)
-        self._terms_jit = jax.jit(self.terms)
+        # the eval computations compile without CPU library fusions unless the config asks
+        opts = {} if mc.get("cpu_library_fusions_in_eval", False) else cpu_library_fusions_off()
+        self._terms_jit = jax.jit(self.terms, compiler_options=opts)
+        self._is_nll_jit = jax.jit(
+            importance_sampled_nll, compiler_options=opts,
+            static_argnames=("log_weight_fn", "num_samples", "chunk"))
 
     def example_spec(self):
         """``{'image': uint8 [H, W, C]}``: labels are not used."""
@@ -379,7 +389,7 @@ class VAETask(Task):
                 cols[k].append(to_host(t[k])[keep])
             done = sum(len(v) for v in cols["nll_is"])
             if limit < 0 or done < limit:  # IS on the first `limit` test images only
-                nll = importance_sampled_nll(
+                nll = self._is_nll_jit(
                     self.log_weights, params, x, r_is, self.num_is_samples, self.is_chunk
                 )
                 kept = to_host(nll)[keep]

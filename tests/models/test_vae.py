@@ -6,6 +6,7 @@ import math
 import pathlib
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -278,3 +279,21 @@ def test_bad_model_config_is_a_clear_error():
         make_task("bogus")
     with pytest.raises(ValueError, match="likelihood"):
         make_task(likelihood="poisson")
+
+
+def test_final_eval_compiles_without_cpu_library_fusions_unless_asked(plain):
+    task, params, _, x = plain
+    key = jax.random.key(0)
+
+    def hlo(t):
+        return t._is_nll_jit.lower(t.log_weights, nn.unbox(params), x, key, 100, 50) \
+            .compile().as_text()
+
+    assert "ynn_fusion" not in hlo(task)
+    assert "ynn_fusion" not in task._terms_jit.lower(nn.unbox(params), x, key).compile().as_text()
+    fused = make_task(cpu_library_fusions_in_eval=True)
+    assert "ynn_fusion" in hlo(fused)  # this jax's CPU default: matmuls as YNNPACK fusions
+    # the same estimate either way (only the kernels differ)
+    np.testing.assert_allclose(
+        task._is_nll_jit(task.log_weights, nn.unbox(params), x, key, 100, 50),
+        fused._is_nll_jit(fused.log_weights, nn.unbox(params), x, key, 100, 50), rtol=1e-5)

@@ -2,7 +2,8 @@
 set before jax is imported).
 
 XLA's compilation is about three quarters of the suite's time on a 2-core CPU (measured with
-jax's compile-time events: ~1,500 s of backend compilation in a ~1,050 s run on two workers).
+jax's compile-time events: ~1,500 s of backend compilation in a 1,050 s run of `tests/models` on
+two workers, on a machine busy with other work).
 Level 0 roughly halves it: `tests/models` ran in 189 s instead of 337 s, the whole suite (two
 workers) in 864 s instead of 1,013 s; the compiled code runs slower, which the tests do not
 measure (the end-to-end tests that train for longer gain less). Every numerical comparison in the

@@ -9,9 +9,9 @@ jax nor flax ships a GELU with this derivative; measured on a 2-core CPU in
 ``benchmarks/README.md`` (TarFlow section).
 
 :func:`softplus` is ``max(x, 0) + log1p(exp(-|x|))``, the expression ``jax.nn.softplus``
-(``logaddexp(x, 0)``) evaluates, without ``logaddexp``'s NaN and infinity selects; on a 2-core
-CPU it halves the time of the softplus in the VAE's Bernoulli log-likelihood, whose 784 values
-per importance sample are the largest elementwise cost of the importance-sampled NLL
+(``logaddexp(x, 0)``) evaluates, without ``logaddexp``'s NaN and infinity selects. On a 2-core
+CPU, timed alone, it halves the time of the softplus in the VAE's Bernoulli log-likelihood (784
+values per importance sample); in the whole importance-sampled NLL the gain is within the noise
 (``benchmarks/README.md``, VAE section). Its derivative is ``sigmoid(x)`` from the same
 ``exp(-|x|)``.
 """

@@ -7,7 +7,8 @@ Each row is one ``jaxflows train`` subprocess into ``WORKROOT/ROW`` (so an inter
 resumes row by row, each run exactly where it stopped). Then ``experiments/results/NAME.json``
 is (re)written from the workdirs: the exact command, git commit, machine, the protocol
 overrides, and per row its ``eval.json``, ``train_summary.json`` and per-epoch curves read from
-``metrics.jsonl``. ``--collect_only`` skips training. Numbers are never typed by hand.
+``metrics.jsonl``. ``--collect_only`` skips training; ``--out_name`` writes another results file
+(e.g. the converged VAE rows beside the 30-epoch table). Numbers are never typed by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -115,7 +117,13 @@ def main() -> int:
                         "`command` (this invocation is recorded as `collect_command`)")
     p.add_argument("--baseline", default=None,
                    help="row to compare every other row with, example by example")
+    p.add_argument("--out_name", default=None,
+                   help="results file experiments/results/OUT_NAME.json and its title (default "
+                        "NAME), e.g. a second protocol of the same table: vae_mnist_converged")
     args = p.parse_args()
+    if args.out_name is not None and not re.fullmatch(r"\w+", args.out_name):
+        p.error(f"--out_name must be letters, digits and underscores, got {args.out_name!r}")
+    out_name = args.out_name or args.name
     rows = args.rows.split(",")
     workroot = args.workroot or os.path.join(REPO, "workdirs", args.name)
     overrides = [f"--config.{kv}" for kv in args.set]
@@ -145,12 +153,12 @@ def main() -> int:
         extra = extra or {}
         extra.setdefault(row, {})[key] = merged["rows"]
         extra[row][f"{key}_provenance"] = {k: v for k, v in merged.items() if k != "rows"}
-    path = os.path.join(HERE, "results", f"{args.name}.json")
+    path = os.path.join(HERE, "results", f"{out_name}.json")
     collect_command = None
     if args.collect_only:
         collect_command = command
         command = args.command or command
-    results = collect(args.name, rows, workroot, overrides, command, extra, args.baseline)
+    results = collect(out_name, rows, workroot, overrides, command, extra, args.baseline)
     if collect_command:
         results["collect_command"] = collect_command
     if args.columns:

@@ -7,7 +7,8 @@ two workers, on a machine busy with other work).
 Level 0 roughly halves it: `tests/models` ran in 189 s instead of 337 s, the whole suite (two
 workers) in 864 s instead of 1,013 s; the compiled code runs slower, which the tests do not
 measure (the end-to-end tests that train for longer gain less). The suite passes at both levels;
-the benchmarks and experiments compile at the default level. ``JAXFLOWS_TEST_XLA_OPT=default`` runs the suite at the default level.
+the benchmarks and experiments compile at the default level. ``JAXFLOWS_TEST_XLA_OPT=default``
+runs the suite at the default level.
 """
 
 import os

@@ -142,7 +142,7 @@ def markdown(record: dict) -> str:
         for e in r["is_nll"]:
             how = "measured" if e["test_set_measured"] else "extrapolated"
             out.append(f"| {r['row']} | {e['is_samples']} | {e['is_chunk']} "
-                       f"| {e.get('cpu_library_fusions', 'on')} | {e['eval_batch']} "
+                       f"| {e['cpu_library_fusions']} | {e['eval_batch']} "
                        f"| {e['eval_images']} | {e['is_call_s']:.2f} "
                        f"| {e['is_images_per_s']:.1f} | {e['is_flops_per_s'] / 1e9:.0f} "
                        f"| {e['is_fraction_of_peak']:.0%} | {e['test_set_eval_s']:.0f} ({how}) |")

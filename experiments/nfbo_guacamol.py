@@ -18,8 +18,11 @@ auc_top10_mean, auc_top10_sem, seconds_per_iteration, iterations_mean, seconds_p
   curves start from the initial best); ``final_best_calls_only``: among the oracle calls alone;
 * ``auc_top10``: PMO's AUC Top-10 over the budget (oracle calls only);
 * ``seconds_per_iteration``: mean over runs of the mean wall time of the iterations after the
-  first one of each process (the first compiles); ``seconds_per_run``: the iterations' wall
-  time plus the last process's setup;
+  first one of each process (the first compiles); ``seconds_per_iteration_median`` and
+  ``phase_seconds_median``: the median over all those iterations of the row's runs (from each
+  run's per-iteration records in its checkpoint), which a few iterations stretched by a paused
+  or shared machine do not move; ``seconds_per_run``: the iterations' wall time plus the last
+  process's setup;
 * ``_sem``: the standard error over seeds.
 
 ``curves`` holds the mean and sem of the best-so-far score against oracle calls for every task
@@ -87,6 +90,21 @@ def one_run(workdir: str, config) -> dict:
     return finished_summary(workdir) or run_bo(config, workdir)
 
 
+def iteration_seconds(workdir: str) -> dict:
+    """Wall times of a run's iterations after the first one of each process, from the
+    per-iteration records of its checkpoint: ``{"seconds": [...], "phases": {name: [...]}}``
+    (empty lists without a checkpoint)."""
+    from jaxflows.bo.state import read_meta
+
+    meta = read_meta(workdir) or {}
+    later = [r for r in meta.get("records", []) if not r.get("first_in_process")]
+    phases: dict[str, list[float]] = {}
+    for r in later:
+        for k, v in r.get("phase_seconds", {}).items():
+            phases.setdefault(k, []).append(float(v))
+    return {"seconds": [float(r["seconds"]) for r in later], "phases": phases}
+
+
 def curve(workdir: str, budget: int, initial_best: float) -> np.ndarray:
     """Best-so-far score after each of ``budget`` calls (the last value carried forward)."""
     from jaxflows.bo.outputs import best_so_far, read_history
@@ -119,6 +137,11 @@ def aggregate(tasks, methods, seeds, summaries: dict, curves: dict) -> tuple:
             auc = [r["auc_top10"] for r in runs]
             spi = [r["seconds_per_iteration_after_first"] or r["seconds_per_iteration"]
                    for r in runs]
+            pooled = [t for r in runs for t in r.get("iteration_seconds", {}).get("seconds", [])]
+            phases: dict[str, list[float]] = {}
+            for r in runs:
+                for k, v in r.get("iteration_seconds", {}).get("phases", {}).items():
+                    phases.setdefault(k, []).extend(v)
             rows.append({
                 "task": task, "method": method, "seeds": done, "n_seeds": len(done),
                 "final_best_mean": float(np.mean(best)), "final_best_sem": sem(best),
@@ -128,6 +151,8 @@ def aggregate(tasks, methods, seeds, summaries: dict, curves: dict) -> tuple:
                 "auc_top10_mean": float(np.mean(auc)), "auc_top10_sem": sem(auc),
                 "seconds_per_iteration": float(np.mean([v for v in spi if v is not None]))
                 if any(v is not None for v in spi) else None,
+                "seconds_per_iteration_median": float(np.median(pooled)) if pooled else None,
+                "phase_seconds_median": {k: float(np.median(v)) for k, v in phases.items()},
                 "iterations_mean": float(np.mean([r["iterations"] for r in runs])),
                 "seconds_per_run": float(np.mean([r.get("iteration_seconds_total", np.nan)
                                                   + r.get("setup_seconds", 0.0) for r in runs])),
@@ -255,7 +280,7 @@ def main(argv=None) -> int:
                 continue
         else:
             s = one_run(workdir, run_config(args.setting, task, method, seed, overrides))
-        summaries[(task, method, seed)] = s
+        summaries[(task, method, seed)] = {**s, "iteration_seconds": iteration_seconds(workdir)}
         curves[(task, method, seed)] = curve(workdir, s["budget"], s["initial"]["best"])
         print(f"{task} {method} seed {seed}: best {s['final_best_with_initial']:.4f} "
               f"(initial {s['initial']['best']:.4f}), AUC top-10 {s['auc_top10']:.4f}, "
@@ -284,7 +309,7 @@ def main(argv=None) -> int:
                   "so there are no paper numbers to compare row by row; its initial data "
                   "(LOL-BO's Guacamol file) and pretrained SeqFlow are not available here"),
         "columns": ["task", "method", "n_seeds", "final_best_mean", "final_best_sem",
-                    "auc_top10_mean", "seconds_per_iteration"],
+                    "auc_top10_mean", "seconds_per_iteration_median"],
         "rows": rows,
         "summary_rows": summary,
         "comparison": counts,

@@ -37,6 +37,17 @@ def full_run(tmp_path_factory):
     return workdir, run_bo(smoke(), workdir)
 
 
+def test_driver_reads_iteration_times(full_run, load_repo_module):
+    """experiments/nfbo_guacamol.py takes per-iteration times from the checkpoint's records:
+    every iteration after the first of the process, with its phases."""
+    workdir, summary = full_run
+    t = load_repo_module("experiments/nfbo_guacamol.py").iteration_seconds(workdir)
+    assert len(t["seconds"]) == summary["iterations"] - 1
+    assert np.mean(t["seconds"]) == pytest.approx(summary["seconds_per_iteration_after_first"])
+    assert {"finetune", "gp_fit", "thompson"} <= set(t["phases"])
+    assert all(len(v) == len(t["seconds"]) for v in t["phases"].values())
+
+
 def _history(workdir):
     with open(os.path.join(workdir, "bo_history.jsonl")) as f:
         return [json.loads(line) for line in f]

@@ -39,6 +39,16 @@ def test_aggregate_and_summary(driver, tmp_path):
     assert r[("adip", "nfbo")]["final_best_sem"] == pytest.approx(
         np.std([0.6, 0.6, 0.9], ddof=1) / np.sqrt(3))
     assert r[("adip", "lsbo")]["compiles_later_iterations_max"] == 1
+    assert r[("adip", "lsbo")]["seconds_per_iteration_median"] is None  # no records given
+
+    # the median pools every iteration of every seed; one paused iteration does not move it
+    timed = {k: {**v, "iteration_seconds": {"seconds": [2.0, 3.0, 500.0 if k[2] == 0 else 4.0],
+                                            "phases": {"gp_fit": [1.0, 2.0, float(k[2])]}}}
+             for k, v in summaries.items()}
+    rows_t, _ = driver.aggregate(tasks, methods, seeds, timed, curves)
+    rt = {(x["task"], x["method"]): x for x in rows_t}
+    assert rt[("adip", "nfbo")]["seconds_per_iteration_median"] == 3.0
+    assert rt[("adip", "nfbo")]["phase_seconds_median"] == {"gp_fit": 1.0}
     assert table["med2"]["nfbo"]["mean"][-1] == pytest.approx(0.3)
     summary, counts = driver.summary_rows(rows)
     s = {x["task"]: x for x in summary}

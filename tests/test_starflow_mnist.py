@@ -77,10 +77,17 @@ def test_starflow_mnist_quick(script, tmp_path):
     calib = saved["calibration"]
     assert calib["starflow_steps"] == 30 and calib["tarflow_pixel_steps"] >= 1
     assert rows["tarflow_pixel"]["train_steps"] == calib["tarflow_pixel_steps"]
-    speed = {(s["model"], s["sampler"]) for s in saved["speed_rows"]}
-    assert speed == {("starflow", "sequential"), ("starflow_uniform", "sequential"),
-                     ("starflow", "jacobi"), ("tarflow_pixel", "sequential")}
+    speed = {(s["model"], s["sampler"], s["path"]) for s in saved["speed_rows"]}
+    assert speed == {("starflow", "sequential", "image"),
+                     ("starflow_uniform", "sequential", "image"),
+                     ("starflow", "jacobi", "image"), ("tarflow_pixel", "sequential", "image"),
+                     ("starflow", "sequential", "flow"), ("starflow_uniform", "sequential", "flow"),
+                     ("tarflow_latent_4x6", "sequential", "flow"),
+                     ("tarflow_latent_8x8", "sequential", "flow")}
     assert all(s["images_per_s"] > 0 and s["compile_s"] >= 0 for s in saved["speed_rows"])
+    # the latent TarFlow baselines: their parameter counts are checked against STARFlow's
+    latent = {s["model"]: s for s in saved["speed"] if s["model"].startswith("tarflow_latent")}
+    assert all(s["params"] > 0 and "patch 1" in s["layout"] for s in latent.values())
     assert {(d["decoder"], d["score_denoise"]) for d in saved["decoder_rows"]} == {
         ("original", True), ("original", False), ("finetuned", True), ("finetuned", False)}
     # the decoder comparison redraws the sweep's latents: original + denoiser is the sweep entry
@@ -91,6 +98,9 @@ def test_starflow_mnist_quick(script, tmp_path):
     assert dec["original", True]["fd_mnist"] == pytest.approx(same["fd_mnist"], rel=1e-3)
     checks = {c["check"]: c for c in saved["checks"]}
     assert any("deep-shallow / uniform" in c for c in checks)
+    target = [c for c in checks.values() if c["target"] == ">= 1.8"]
+    assert len(target) == 1 and "tarflow_latent_4x6" in target[0]["check"]
+    assert "parameters tarflow_latent_8x8 / starflow" in checks
     assert any("w=5" in c and "starflow rule" in c for c in checks)
     md = (tmp_path / "results" / "starflow_mnist.md").read_text()
     assert md.count("\n|") >= 10

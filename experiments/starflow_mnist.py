@@ -97,7 +97,9 @@ output exists is skipped, an interrupted training resumes from its checkpoint; u
    reported beside it. ``uniform_cpu`` keeps STARFlow's width and total depth, so it isolates
    the block count and the guided block's depth, which is not what the paper compares. One
    warm-up call compiles (``compile_s`` is its time minus a timed call; about 0 when the sweep
-   compiled the same sampler already), then ``--speed_reps`` timed calls. Decoders: one draw
+   compiled the same sampler already), then timed calls: at least ``--speed_reps`` and as many as
+   fill ``--speed_min_seconds`` (5 s; a batch-16 call takes about 0.2 s), images/s from the
+   median call. Decoders: one draw
    of ``--num_samples`` STARFlow latents at its best weight (rule ``starflow``; the sweep's
    draw), decoded by the original and the fine-tuned decoder,
    each with and without the score denoiser (the official choice: the fine-tuned decoder
@@ -176,7 +178,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample_batch", type=int, default=1000)
     p.add_argument("--speed_batches", default="", help="'' = 16 and --sample_batch")
     p.add_argument("--speed_guidance", type=float, default=1.0)
-    p.add_argument("--speed_reps", type=int, default=2)
+    p.add_argument("--speed_reps", type=int, default=2, help="timed calls, at least")
+    p.add_argument("--speed_min_seconds", type=float, default=5.0,
+                   help="more timed calls until they add up to this (short calls, batch 16)")
     p.add_argument("--jacobi_chunk", type=int, default=7, help="tokens per Jacobi chunk")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="everything tiny, on digits (a test)")
@@ -186,7 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.dataset = "digits"
         quick = dict(classifier_steps=30, ae_epochs=3.0, ft_epochs=1.0, calib_steps=3,
                      train_steps=30, weights="0,5", num_samples=40, sample_batch=20,
-                     speed_guidance=5.0, speed_reps=1, jacobi_chunk=2)
+                     speed_guidance=5.0, speed_reps=1, speed_min_seconds=0.0,
+                     jacobi_chunk=2)
         for key, value in quick.items():
             if getattr(args, key) == p.get_default(key):
                 setattr(args, key, value)
@@ -514,21 +519,24 @@ def draw(fn, labels: np.ndarray, batch: int, seed: int, mesh) -> tuple[np.ndarra
     return np.concatenate(outs), timing
 
 
-def time_sampler(fn, labels: np.ndarray, reps: int, seed: int, mesh) -> dict:
-    """``images_per_s`` of ``fn`` on one batch ``labels`` over ``reps`` timed calls after a
-    warm-up call; ``compile_s`` = warm-up time minus the mean timed call."""
+def time_sampler(fn, labels: np.ndarray, reps: int, seed: int, mesh,
+                 min_seconds: float = 0.0) -> dict:
+    """``images_per_s`` of ``fn`` on one batch ``labels`` from the median of the timed calls
+    after a warm-up call: at least ``reps`` calls and, for short calls, as many more as make
+    ``min_seconds`` of timed calls; ``compile_s`` = warm-up time minus the median call."""
     with jax.set_mesh(mesh):
         t0 = time.perf_counter()
         jax.block_until_ready(fn(jax.random.key(seed), labels))
         first = time.perf_counter() - t0
-        times = []
-        for r in range(reps):
+        times: list[float] = []
+        while len(times) < reps or sum(times) < min_seconds:
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(jax.random.key(seed + 1 + r), labels))
+            jax.block_until_ready(fn(jax.random.key(seed + 1 + len(times)), labels))
             times.append(time.perf_counter() - t0)
-    call = float(np.mean(times))
-    return {"images_per_s": len(labels) / call, "call_s": call, "first_call_s": first,
-            "compile_s": max(0.0, first - call), "reps": reps}
+    call = float(np.median(times))
+    return {"images_per_s": len(labels) / call, "call_s": call, "call_s_mean": float(
+        np.mean(times)), "first_call_s": first, "compile_s": max(0.0, first - call),
+        "reps": len(times)}
 
 
 def balanced_labels(num: int, num_classes: int = 10) -> np.ndarray:
@@ -869,7 +877,8 @@ def main(argv=None) -> dict:
         for (model, sampler, path_kind), make in speed_models.items():
             suffix = "" if path_kind == "image" else "_flow"
             path = os.path.join(args.runs_dir, "speed", f"{model}_{sampler}{suffix}_b{batch}.json")
-            key = {"reps": args.speed_reps, "guidance": args.speed_guidance, "seed": args.seed,
+            key = {"reps": args.speed_reps, "min_seconds": args.speed_min_seconds,
+                   "statistic": "median", "guidance": args.speed_guidance, "seed": args.seed,
                    "jacobi_chunk": args.jacobi_chunk if sampler == "jacobi" else 0,
                    "checkpoint": ctx["checkpoints"].get(model),
                    **({"shape": list(latent_shapes[model])} if model in latent_shapes else {})}
@@ -877,7 +886,7 @@ def main(argv=None) -> dict:
             if value is None:
                 fn, mesh = make()
                 value = time_sampler(fn, balanced_labels(batch), args.speed_reps, args.seed,
-                                     mesh)
+                                     mesh, args.speed_min_seconds)
                 if model in latent_shapes:
                     value.update(latent_info[model])
                 value = _store(path, key, value)
@@ -936,7 +945,8 @@ def main(argv=None) -> dict:
             f"samples per setting (batch {args.sample_batch}), score denoiser, original "
             f"decoder; FD-MNIST vs the {len(test_xy[0])} test images and class accuracy with "
             f"DigitCNN; speed at batches {args.speed_batch_values}, w={args.speed_guidance:g}, "
-            f"{args.speed_reps} timed calls after a warm-up, Jacobi chunk {args.jacobi_chunk}"),
+            f"median of >= {args.speed_reps} timed calls (>= {args.speed_min_seconds:g} s) "
+            f"after a warm-up, Jacobi chunk {args.jacobi_chunk}"),
         "command": command,
         "git_commit": git_commit(),
         "machine": machine_summary(),

@@ -36,6 +36,25 @@ def test_helpers(script):
         script.parse_args(["--num_samples", "100", "--sample_batch", "30"])
 
 
+def test_time_sampler_fills_min_seconds_and_takes_the_median(script):
+    import time
+
+    import jax
+
+    delays = iter([0.0, 0.005, 0.005, 0.5] + [0.005] * 100)  # the warm-up first
+
+    def fn(key, labels):
+        time.sleep(next(delays))
+        return jax.numpy.zeros(len(labels))
+
+    mesh = jax.make_mesh((1,), ("data",))
+    t = script.time_sampler(fn, np.zeros(4, np.int32), reps=2, seed=0, mesh=mesh,
+                            min_seconds=0.6)
+    assert t["reps"] >= 4  # 2 calls are ~0.01 s, 3 calls ~0.51 s: more until 0.6 s
+    assert t["call_s"] < 0.05 and t["call_s_mean"] > t["call_s"]  # the median: not the slow one
+    assert t["images_per_s"] == pytest.approx(4 / t["call_s"])
+
+
 @pytest.mark.slow
 def test_starflow_mnist_quick(script, tmp_path):
     out = tmp_path / "results" / "starflow_mnist.json"

@@ -79,6 +79,10 @@ output exists is skipped, an interrupted training resumes from its checkpoint; u
    (label ``i % 10``) per setting, in batches of ``--sample_batch``, the same noise seed for
    every setting. At ``w = 0`` the two STARFlow rules are the same computation and the entry is
    shared. Images/s of each sweep setting exclude the first batch (compilation).
+   **Guidance ratio** (``RUNS/guidance_ratio``): for every ``w > 0``, ``--ratio_samples``
+   (1,000) STARFlow latents drawn with the Gaussian rule, and the deep block's ``sigma_c /
+   sigma_u`` on them (:func:`guidance_ratio_entry`): the rule's effective weight on ``mu``,
+   which says whether it can stay flat (the paper's Fig. 8b) or acts as plain CFG.
 5. **speed and decoders** (``RUNS/speed``, ``RUNS/decoders``): images/s of the whole sampling
    path (sample, denoise, decode) at each of ``--speed_batches`` (16, the paper's Table 5
    batch, and ``--sample_batch``) with guidance ``--speed_guidance``: STARFlow's deep-shallow
@@ -176,6 +180,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=WEIGHTS)
     p.add_argument("--num_samples", type=int, default=10_000)
     p.add_argument("--sample_batch", type=int, default=1000)
+    p.add_argument("--ratio_samples", type=int, default=1000,
+                   help="samples per weight for the Gaussian rule's sigma_c / sigma_u")
     p.add_argument("--speed_batches", default="", help="'' = 16 and --sample_batch")
     p.add_argument("--speed_guidance", type=float, default=1.0)
     p.add_argument("--speed_reps", type=int, default=2, help="timed calls, at least")
@@ -190,6 +196,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.dataset = "digits"
         quick = dict(classifier_steps=30, ae_epochs=3.0, ft_epochs=1.0, calib_steps=3,
                      train_steps=30, weights="0,5", num_samples=40, sample_batch=20,
+                     ratio_samples=20,
                      speed_guidance=5.0, speed_reps=1, speed_min_seconds=0.0,
                      jacobi_chunk=2)
         for key, value in quick.items():
@@ -583,6 +590,49 @@ def best_of(entries: list[dict], rule: str | None = None) -> dict | None:
     return min(pool, key=lambda e: e["fd_mnist"]) if pool else None
 
 
+def guidance_ratio_entry(task, params, weight: float, args, ctx) -> dict:
+    """How the Gaussian rule acted at ``weight``: ``--ratio_samples`` class-balanced STARFlow
+    latents drawn with it (no denoiser), and on them, by teacher forcing, the deep block's
+    ``sigma_c / sigma_u`` at every token and channel
+    (:func:`jaxflows.models.starflow_sampling.deep_block_sigma_ratio`, the ratios the sampler
+    combined) with ``s = min(ratio, 1)^2`` and the effective weight on ``mu_c - mu_u``
+    (:func:`~jaxflows.models.starflow_sampling.effective_guidance`; ``= weight`` is plain CFG).
+    Cached in ``RUNS/guidance_ratio/w<weight>.json``."""
+    import flax.linen as nn
+
+    from jaxflows.models import starflow_sampling as ss
+
+    path = os.path.join(args.runs_dir, "guidance_ratio", f"w{weight:g}.json")
+    key = {"num_samples": args.ratio_samples, "seed": args.seed,
+           "checkpoint": ctx["checkpoints"]["starflow"]}
+    cached = _cached(path, key)
+    if cached is not None:
+        return cached
+    labels = balanced_labels(args.ratio_samples)
+    flow = nn.unbox(params)["flow"]
+    ratio_fn = jax.jit(lambda p, x, y: ss.deep_block_sigma_ratio(task.model, p, x, y))
+    ratios = []
+    with jax.set_mesh(ctx["mesh"]["starflow"]):
+        for i, start in enumerate(range(0, len(labels), args.sample_batch)):
+            y = labels[start:start + args.sample_batch]
+            x = task.sample(params, jax.random.fold_in(jax.random.key(args.seed + 200), i),
+                            len(y), guidance=weight, rule="gaussian", class_label=y,
+                            denoise=False, batch_size=len(y), return_latents=True)
+            ratios.append(np.asarray(ratio_fn(flow, x, y)).reshape(-1))
+    r = np.concatenate(ratios)
+    s = np.square(np.minimum(r, 1.0))
+    w_eff = np.asarray(ss.effective_guidance(r, weight))
+    entry = {"weight": weight, "num_samples": args.ratio_samples,
+             "sigma_ratio_median": float(np.median(r)),
+             "sigma_ratio_p10": float(np.percentile(r, 10)),
+             "sigma_ratio_p90": float(np.percentile(r, 90)),
+             "s_mean": float(s.mean()), "frac_s_below_0_9": float(np.mean(s < 0.9)),
+             "w_eff_mean": float(w_eff.mean()), "w_eff_median": float(np.median(w_eff)),
+             "w_eff_mean_over_w": float(w_eff.mean() / weight)}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return _store(path, key, entry)
+
+
 # --- the decoders -------------------------------------------------------------------------------
 
 def decoder_rows(task, params, ft_dir: str, weight: float, args, ctx) -> list[dict]:
@@ -710,6 +760,18 @@ def checks(rows: dict, speed: list[dict], decoders: list[dict], args) -> list[di
     return out
 
 
+def ratio_checks(ratio_rows: list[dict]) -> list[dict]:
+    """The Gaussian rule's mean effective weight over ``w`` at the largest weight (why its FD is
+    or is not flat: near 1 it acts as plain CFG on ``mu``)."""
+    if not ratio_rows:
+        return []
+    top = max(ratio_rows, key=lambda e: e["weight"])
+    return [{"check": f"starflow rule at w={top['weight']:g}: mean effective weight on "
+                      "mu_c - mu_u over w (1 = plain CFG on mu)",
+             "value": top["w_eff_mean_over_w"], "reference": None, "target": "report",
+             "holds": None}]
+
+
 def write_markdown(path_json: str, results: dict) -> str:
     """All tables of the results file into ``<stem>.md``."""
     from jaxflows.eval.tables import render_table
@@ -717,7 +779,8 @@ def write_markdown(path_json: str, results: dict) -> str:
     stem = os.path.splitext(path_json)[0]
     directory, name = os.path.dirname(os.path.abspath(path_json)), os.path.basename(stem)
     parts = [render_table(name, directory, rows_key=k)
-             for k in ("checks", "rows", "guidance_rows", "speed_rows", "decoder_rows")
+             for k in ("checks", "rows", "guidance_rows", "guidance_ratio_rows", "speed_rows",
+                       "decoder_rows")
              if results.get(k)]
     with open(stem + ".md", "w") as f:
         f.write("\n\n".join(parts) + "\n")
@@ -831,6 +894,10 @@ def main(argv=None) -> dict:
             {"sampler_rule": "linear", "annealed": bool(configs["tarflow_pixel"].model.get(
                 "sample_annealed", True)), "denoise": True}))
     timings["sweep_s"] = time.time() - t1
+    t1 = time.time()
+    ratio_rows = [guidance_ratio_entry(task, params, w, args, ctx)
+                  for w in args.weight_values if w > 0]
+    timings["guidance_ratio_s"] = time.time() - t1
 
     # 5. speed: deep-shallow vs uniform, sequential vs Jacobi; the decoders
     t1 = time.time()
@@ -952,7 +1019,8 @@ def main(argv=None) -> dict:
         "machine": machine_summary(),
         "columns": COLUMNS,
         "rows": list(rows.values()),
-        "checks": checks(rows, speed, decoders, args),
+        "checks": checks(rows, speed, decoders, args) + ratio_checks(ratio_rows),
+        "guidance_ratio_rows": ratio_rows,
         "guidance_rows": flat,
         "speed_rows": speed_table,
         "speed": speed,
@@ -981,7 +1049,8 @@ def main(argv=None) -> dict:
     if os.path.exists(out):  # a rerun over cached stages: keep the earlier invocations' record
         prev = read_json(out)
         results["earlier_invocations"] = prev.get("earlier_invocations", []) + [
-            {k: prev[k] for k in ("command", "git_commit", "wall_time_s", "timings")
+            {k: prev[k] for k in ("command", "git_commit", "wall_time_s", "timings",
+                                  "machine_info")
              if k in prev}]
     write_json_atomic(out, results, indent=1)
     write_markdown(out, results)

@@ -115,7 +115,14 @@ def test_starflow_mnist_quick(script, tmp_path):
     same = [e for e in best if e["rule"] == "starflow"
             and e["weight"] == dec["original", True]["weight"]][0]
     assert dec["original", True]["fd_mnist"] == pytest.approx(same["fd_mnist"], rel=1e-3)
+    ratio = saved["guidance_ratio_rows"]
+    assert [e["weight"] for e in ratio] == [5.0] and ratio[0]["num_samples"] == 20
+    assert 0.0 < ratio[0]["s_mean"] <= 1.0
+    assert 0.0 < ratio[0]["w_eff_mean"] <= 5.0 + 1e-6
+    assert ratio[0]["sigma_ratio_p10"] <= ratio[0]["sigma_ratio_median"] \
+        <= ratio[0]["sigma_ratio_p90"]
     checks = {c["check"]: c for c in saved["checks"]}
+    assert any("effective weight" in c for c in checks)
     assert any("deep-shallow / uniform" in c for c in checks)
     target = [c for c in checks.values() if c["target"] == ">= 1.8"]
     assert len(target) == 1 and "tarflow_latent_4x6" in target[0]["check"]

@@ -24,6 +24,10 @@ to both halves. Rules (``rule``):
   ``v_c + w (v_c - v_u)`` (the rule of :mod:`jaxflows.models.tarflow_sampling`, on
   ``log sigma``).
 
+The ``'gaussian'`` rule is plain CFG on ``mu`` with the weight :func:`effective_guidance`
+lowered wherever the conditional head is sharper; :func:`deep_block_sigma_ratio` measures the
+``sigma_c / sigma_u`` it sees on given (e.g. sampled) inputs.
+
 With ``annealed=True`` the weight at input row ``i`` is ``w (i + 1) / S`` with ``S`` the
 number of steps (``N``; ``N - 1`` for the output shift); off in the official sampler. The
 shallow blocks are unconditional and run unguided on the ``B`` rows.
@@ -90,6 +94,16 @@ def gaussian_guidance(
     s = jnp.square(jnp.minimum(sigma_c / sigma_u, 1.0))
     den = 1.0 + w - w * s
     return sigma_c / jnp.sqrt(den), ((1.0 + w) * mu_c - (w * s) * mu_u) / den
+
+
+def effective_guidance(sigma_ratio: jax.Array, w: float | jax.Array) -> jax.Array:
+    """The weight the ``'gaussian'`` rule puts on ``mu_c - mu_u``: its ``mu`` is ``mu_c + w_eff
+    (mu_c - mu_u)`` with ``w_eff = w s / (1 + w - w s)``, ``s = min(sigma_ratio, 1)^2`` and
+    ``sigma_ratio = sigma_c / sigma_u`` (any shape). ``w_eff = w`` (plain CFG on ``mu``) when
+    the two heads are equally confident; it falls towards 0 as the conditional head becomes
+    the sharper one, which is what keeps the rule stable at large ``w``."""
+    s = jnp.square(jnp.minimum(sigma_ratio, 1.0))
+    return w * s / (1.0 + w - w * s)
 
 
 def linear_guidance(
@@ -167,6 +181,36 @@ def _deep_prefix(model, params, batch: int, cond, null_cond, opts: SampleOptions
     null = model.apply({"params": params}, null_cond, method="cond_prefix")
     null = jnp.broadcast_to(null, prefix.shape)
     return jnp.concatenate([prefix, null], axis=0), True
+
+
+def deep_block_sigma_ratio(model, params, x: jax.Array, cond: jax.Array,
+                           null_cond: jax.Array | None = None) -> jax.Array:
+    """``sigma_c / sigma_u`` of the deep block's conditional and unconditional heads at every
+    token of inputs ``x: [B, *input_shape]`` (data side), by teacher forcing: the shallow
+    blocks' forward pass, then the deep block's under ``cond`` and under ``null_cond`` (default:
+    the null label; features ``[B or 1, T, E]`` for a prefix model). Returns ``[B, N, D]`` in
+    token order. For ``x`` drawn by :func:`sample_tokens` with guidance (before any
+    denoising) these are the ratios the sampler combined, because each token's heads depend
+    only on the tokens before it and the guided token is fed to both halves. With the output
+    shift, token 0 (not transformed) has ratio 1."""
+
+    def ratio(m, x, cond, null_cond):
+        h = m.to_tokens(x)
+        for blk in m.blocks[:-1]:
+            h, _ = blk.forward_elementwise(h, None, None)
+        prefix = m.cond_prefix(cond)
+        if prefix is None:
+            raise ValueError("the sigma ratio needs a conditional model")
+        if null_cond is None:
+            if not m.num_classes:
+                raise ValueError("a prefix model needs null_cond (the null features)")
+            null_cond = m.null_cond(h.shape[0])
+        null = jnp.broadcast_to(m.cond_prefix(null_cond), prefix.shape)
+        _, ld_c = m.blocks[-1].forward_elementwise(h, None, prefix)
+        _, ld_u = m.blocks[-1].forward_elementwise(h, None, null)
+        return jnp.exp(ld_u - ld_c)  # the log-det per element is -log sigma
+
+    return model.apply({"params": params}, x, cond, null_cond, method=ratio)
 
 
 def sample_tokens(

@@ -148,3 +148,44 @@ def test_sampler_errors():
     _, smp_g = _fns("sos_uncond", ss.SampleOptions(guidance=3.0))
     zg = jnp.zeros((3, *GRID))
     np.testing.assert_allclose(smp_g(pu, zg, None, None), smp(pu, zg, None, None), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sos_labels", "output_text"])
+def test_sigma_ratio_by_teacher_forcing_is_what_the_sampler_combined(name, monkeypatch):
+    """deep_block_sigma_ratio on a guided sample equals sigma_c / sigma_u as the sampler's
+    Gaussian rule received them, token by token (the deep block's own order mapped back)."""
+    m, p, cond = _setup(name)
+    seen, rule = [], ss.gaussian_guidance
+
+    def recording(sigma_c, mu_c, sigma_u, mu_u, w):
+        jax.debug.callback(lambda r: seen.append(np.asarray(r)), sigma_c / sigma_u)
+        return rule(sigma_c, mu_c, sigma_u, mu_u, w)
+
+    monkeypatch.setattr(ss, "gaussian_guidance", recording)
+    null = _null(m, cond)
+    z = jnp.asarray(np.random.default_rng(2).standard_normal((3, N, D)), jnp.float32)
+    x = jax.jit(lambda p, z: ss.sample_tokens(m, p, z, cond, null,
+                                              ss.SampleOptions(guidance=3.0)))(p, z)
+    jax.effects_barrier()
+    sampled = np.stack([r.reshape(3, D) for r in seen], axis=1)  # [B, steps, D], block order
+    if m.block_flip(m.num_blocks - 1):
+        sampled = sampled[:, ::-1]
+    ratio = np.asarray(jax.jit(lambda p, x: ss.deep_block_sigma_ratio(
+        m, p, m.apply({"params": p}, x, method="from_tokens"), cond, null))(p, x))
+    flip = m.block_flip(m.num_blocks - 1)
+    if m.shift != "sos":  # the block's first token is not transformed: ratio 1, no step
+        np.testing.assert_allclose(ratio[:, -1] if flip else ratio[:, 0], 1.0, atol=1e-6)
+        ratio = ratio[:, :-1] if flip else ratio[:, 1:]
+    np.testing.assert_allclose(ratio, sampled, rtol=1e-4)
+    assert np.ptp(ratio) > 1e-3  # the heads differ: not a trivially equal pair
+
+
+def test_effective_guidance():
+    r = jnp.array([0.5, 1.0, 2.0])
+    np.testing.assert_allclose(ss.effective_guidance(r, 3.0),
+                               [3 * 0.25 / (4 - 0.75), 3.0, 3.0], rtol=1e-6)
+    # it is the weight of the rule's mu: mu_c + w_eff (mu_c - mu_u)
+    sigma, mu = ss.gaussian_guidance(jnp.float32(0.5), jnp.float32(1.0), jnp.float32(1.0),
+                                     jnp.float32(0.2), 3.0)
+    w_eff = ss.effective_guidance(jnp.float32(0.5), 3.0)
+    np.testing.assert_allclose(mu, 1.0 + w_eff * 0.8, rtol=1e-6)

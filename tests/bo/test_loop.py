@@ -48,6 +48,23 @@ def test_driver_reads_iteration_times(full_run, load_repo_module):
     assert all(len(v) == len(t["seconds"]) for v in t["phases"].values())
 
 
+def test_iteration_benchmark_times_a_copy(full_run, load_repo_module, capsys):
+    """benchmarks/nfbo_iteration.py continues a copy of a run: timed iterations after a
+    warm-up, no compilation after it, the run's own GP padding, the workdir untouched."""
+    workdir, summary = full_run
+    before = {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)}
+    bench = load_repo_module("benchmarks/nfbo_iteration.py")
+    out = bench.main(["--workdirs", workdir, "--iterations", "2", "--warmup", "1",
+                      "--extra_budget", "30", "--force"])
+    row = out["rows"][0]
+    assert row["from_iteration"] == summary["iterations"] and row["iterations"] == 2
+    assert row["compiles_after_warmup"] == 0 and row["gp_padded_rows"] == 64
+    assert row["seconds_per_iteration_median"] > 0
+    assert {"finetune", "gp_fit", "thompson"} <= set(row["phase_seconds_median"])
+    assert "| adip | nfbo | 0 |" in capsys.readouterr().out
+    assert {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)} == before
+
+
 def _history(workdir):
     with open(os.path.join(workdir, "bo_history.jsonl")) as f:
         return [json.loads(line) for line in f]

@@ -193,24 +193,21 @@ def deep_block_sigma_ratio(model, params, x: jax.Array, cond: jax.Array,
     denoising) these are the ratios the sampler combined, because each token's heads depend
     only on the tokens before it and the guided token is fed to both halves. With the output
     shift, token 0 (not transformed) has ratio 1."""
+    prefixes, guided = _deep_prefix(model, params, x.shape[0], cond, null_cond,
+                                    SampleOptions(guidance=1.0))
+    if not guided:
+        raise ValueError("the sigma ratio needs a conditional model")
 
-    def ratio(m, x, cond, null_cond):
+    def ratio(m, x, prefixes):
         h = m.to_tokens(x)
         for blk in m.blocks[:-1]:
             h, _ = blk.forward_elementwise(h, None, None)
-        prefix = m.cond_prefix(cond)
-        if prefix is None:
-            raise ValueError("the sigma ratio needs a conditional model")
-        if null_cond is None:
-            if not m.num_classes:
-                raise ValueError("a prefix model needs null_cond (the null features)")
-            null_cond = m.null_cond(h.shape[0])
-        null = jnp.broadcast_to(m.cond_prefix(null_cond), prefix.shape)
+        prefix, null = jnp.split(prefixes, 2)
         _, ld_c = m.blocks[-1].forward_elementwise(h, None, prefix)
         _, ld_u = m.blocks[-1].forward_elementwise(h, None, null)
         return jnp.exp(ld_u - ld_c)  # the log-det per element is -log sigma
 
-    return model.apply({"params": params}, x, cond, null_cond, method=ratio)
+    return model.apply({"params": params}, x, prefixes, method=ratio)
 
 
 def sample_tokens(

@@ -58,12 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def time_workdir(workdir: str, iterations: int, warmup: int, extra_budget: int) -> dict:
     """Runs ``warmup`` + ``iterations`` iterations on a copy of ``workdir``; returns the timed
     iterations' records and their medians."""
-    import math
-
     import ml_collections
 
     from jaxflows.bo.config import surrogate_config
-    from jaxflows.bo.loop import GP_ROW_MULTIPLE, BORun
+    from jaxflows.bo.loop import BORun, gp_padded_rows
     from jaxflows.errors import UserError
 
     config_path = os.path.join(workdir, "config.json")
@@ -82,7 +80,7 @@ def time_workdir(workdir: str, iterations: int, warmup: int, extra_budget: int) 
         try:
             # the GP's padded size of the original run (BORun derives it from the capacity)
             cap = run.state.n_init + budget
-            run.pad = GP_ROW_MULTIPLE * math.ceil(min(run.k_tr, cap) / GP_ROW_MULTIPLE)
+            run.pad = gp_padded_rows(run.k_tr, cap)
             run.surrogate = surrogate_config(config, run.pad)
             start = run.state.iteration
             config.max_iterations = start + warmup + iterations

@@ -484,11 +484,11 @@ def latent_tarflow(star_config, star_task, shape: tuple[int, int, int, int], gui
     blocks, layers, width, head_dim = shape
     config = load_config_file(f"{CONFIG}:pixel_cpu")
     m = star_config.model
+    num_classes = int(m.num_classes)
     config.model = tc.default_model_config(
         patch_size=1, channels=width, head_dim=head_dim, num_blocks=blocks,
-        layers_per_block=layers, num_classes=int(m.num_classes), drop_label=float(m.drop_label),
+        layers_per_block=layers, num_classes=num_classes, drop_label=float(m.drop_label),
         noise_type="gaussian", noise_std=float(m.noise_std), sample_guidance=guidance)
-    num_classes = int(m.num_classes)
     task = TarFlowTask(config, DataInfo.for_images(tuple(star_task.latent_shape), num_classes,
                                                    1, 1))
     params = nn.unbox(jax.jit(lambda k: task.init(k, None))(jax.random.key(seed)))

@@ -88,6 +88,13 @@ log = logging.getLogger(__name__)
 GP_ROW_MULTIPLE = 64
 
 
+def gp_padded_rows(k_tr: int, capacity: int) -> int:
+    """Rows the GP's data are padded to (one compiled fit per run): ``top_k + num_recent``
+    (``k_tr``) or the data capacity ``n_init + budget`` if smaller, rounded up to
+    :data:`GP_ROW_MULTIPLE`."""
+    return GP_ROW_MULTIPLE * math.ceil(min(k_tr, capacity) / GP_ROW_MULTIPLE)
+
+
 def select_training_set(y: np.ndarray, n: int, top_k: int, num_recent: int) -> np.ndarray:
     """``D_tr``: sorted indices of the ``top_k`` best of ``y[:n]`` (ties: earlier first) and
     the ``num_recent`` last ones."""
@@ -148,7 +155,7 @@ class BORun:
             self.init_info = saved.get("initial", {})
             self._grow(self.state.n_init + config.budget)
         cap = self.state.tokens.shape[0]
-        self.pad = GP_ROW_MULTIPLE * math.ceil(min(self.k_tr, cap) / GP_ROW_MULTIPLE)
+        self.pad = gp_padded_rows(self.k_tr, cap)
         self.surrogate = surrogate_config(config, self.pad)
         if self.method in ("nfbo", "nfbo_no_tacs"):
             self.ops.warmup(self.state.flow_params, self.state.opt_state)

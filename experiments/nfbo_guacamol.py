@@ -6,6 +6,14 @@ workdir ``RUNS_DIR/SETTING/TASK/METHOD_sSEED``: a finished run (``summary.json``
 stopped and started again at any time. Runs go one after another in this process (runs sharing
 a SeqFlow reuse its compiled functions).
 
+Each finished run is also kept as one small record (summary, oracle-call history, iteration
+times) in ``--archive_dir`` (default: next to the results file, ``nfbo_guacamol_SETTING_runs/
+TASK/METHOD_sSEED.json.gz``). A run with a record is not run again, and ``--collect_only``
+rebuilds the results file from the records alone, so the committed records are the published
+table's raw data and a table can be completed across machines. Every record names the
+pretrained SeqFlow by a fingerprint of its parameters; runs from different SeqFlows are refused
+in one table.
+
 Settings: ``small`` (rows ``TASK``: 100 initial + 500 calls), ``10k`` / ``70k`` (rows
 ``TASK_10k`` / ``TASK_70k``, accelerators), ``smoke`` (the ``smoke`` row with ``task`` set to each
 task: checks the driver, not the method).
@@ -105,11 +113,66 @@ def iteration_seconds(workdir: str) -> dict:
     return {"seconds": [float(r["seconds"]) for r in later], "phases": phases}
 
 
-def curve(workdir: str, budget: int, initial_best: float) -> np.ndarray:
-    """Best-so-far score after each of ``budget`` calls (the last value carried forward)."""
-    from jaxflows.bo.outputs import best_so_far, read_history
+def run_record(workdir: str) -> dict | None:
+    """The archivable record of a finished run in ``workdir`` (None if it has not finished):
+    ``{"summary", "history", "iteration_seconds"}``, everything the results file needs."""
+    from jaxflows.bo.outputs import read_history
 
-    scores = [r["score"] for r in read_history(workdir)]
+    summary = finished_summary(workdir)
+    if summary is None:
+        return None
+    return {"summary": summary, "history": read_history(workdir),
+            "iteration_seconds": iteration_seconds(workdir)}
+
+
+def record_path(archive_dir: str, task: str, method: str, seed: int) -> str:
+    """Where the record of one run is archived."""
+    return os.path.join(archive_dir, task, f"{method}_s{seed}.json.gz")
+
+
+def write_record(path: str, record: dict) -> None:
+    """Writes a run record as gzipped JSON, atomically (byte-for-byte repeatable)."""
+    import gzip
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(json.dumps(record, separators=(",", ":")).encode())
+    os.replace(tmp, path)
+
+
+def read_record(path: str) -> dict | None:
+    """The run record archived at ``path``, or None."""
+    import gzip
+
+    if not os.path.exists(path):
+        return None
+    with gzip.open(path, "rt") as f:
+        return json.load(f)
+
+
+def check_same_model(summaries: dict) -> str | None:
+    """The SeqFlow fingerprint shared by all runs; a UserError naming the runs that differ
+    (their results would not be comparable)."""
+    from jaxflows.errors import UserError
+
+    prints: dict[str, list] = {}
+    for key, s in summaries.items():
+        prints.setdefault(s["model"].get("fingerprint"), []).append(key)
+    if len(prints) > 1:
+        listing = "; ".join(f"{fp}: {sorted(keys)[:4]}{' ...' if len(keys) > 4 else ''}"
+                            for fp, keys in prints.items())
+        raise UserError("the runs started from different pretrained SeqFlows (parameter "
+                        f"fingerprints {listing}); rerun or remove the odd ones")
+    return next(iter(prints), None)
+
+
+def curve(history: list[dict], budget: int, initial_best: float) -> np.ndarray:
+    """Best-so-far score after each of ``budget`` calls (the last value carried forward),
+    from a run's oracle-call history."""
+    from jaxflows.bo.outputs import best_so_far
+
+    scores = [r["score"] for r in history]
     out = np.full(budget, initial_best, np.float64)
     if scores:
         b = best_so_far(scores, initial_best)
@@ -259,6 +322,9 @@ def main(argv=None) -> int:
                    help="run nothing: aggregate the runs that have finished (an interim table)")
     p.add_argument("--out", default=None,
                    help="results JSON (default experiments/results/nfbo_guacamol_SETTING.json)")
+    p.add_argument("--archive_dir", default=None,
+                   help="where each finished run's record is kept and read back (default: "
+                        "the results JSON's name + '_runs'; '' for none)")
     args = p.parse_args([a for a in argv if not a.startswith("--config.")])
     tasks = [t for t in args.tasks.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
@@ -267,27 +333,40 @@ def main(argv=None) -> int:
     if bad or not (tasks and methods and seeds):
         p.error(f"unknown or missing tasks/methods: {bad}; tasks {TASKS}, methods {METHODS}")
     out = args.out or os.path.join(HERE, "results", f"nfbo_guacamol_{args.setting}.json")
+    archive = (os.path.splitext(out)[0] + "_runs" if args.archive_dir is None
+               else args.archive_dir)
     t0, load0 = time.time(), os.getloadavg()[0]
 
     summaries, curves = {}, {}
     # seed-major order: a stopped driver leaves every task and method with the same seeds done
     for seed, task, method in ((s, t, m) for s in seeds for t in tasks for m in methods):
         workdir = os.path.join(args.runs_dir, args.setting, task, f"{method}_s{seed}")
+        path = record_path(archive, task, method, seed) if archive else None
         ts = time.time()
-        if args.collect_only:
-            s = finished_summary(workdir)
-            if s is None:
+        rec = read_record(path) if path else None
+        if rec is None:
+            rec = run_record(workdir)
+            if rec is None and not args.collect_only:
+                one_run(workdir, run_config(args.setting, task, method, seed, overrides))
+                rec = run_record(workdir)
+            if rec is None:
                 continue
-        else:
-            s = one_run(workdir, run_config(args.setting, task, method, seed, overrides))
-        summaries[(task, method, seed)] = {**s, "iteration_seconds": iteration_seconds(workdir)}
-        curves[(task, method, seed)] = curve(workdir, s["budget"], s["initial"]["best"])
+            if path:
+                write_record(path, rec)
+        s = rec["summary"]
+        summaries[(task, method, seed)] = {**s, "iteration_seconds": rec["iteration_seconds"]}
+        curves[(task, method, seed)] = curve(rec["history"], s["budget"], s["initial"]["best"])
         print(f"{task} {method} seed {seed}: best {s['final_best_with_initial']:.4f} "
               f"(initial {s['initial']['best']:.4f}), AUC top-10 {s['auc_top10']:.4f}, "
               f"{s['iterations']} iterations, {time.time() - ts:.0f} s", flush=True)
 
-    from jaxflows.provenance import git_commit, machine_info, write_json_atomic
+    from jaxflows.provenance import git_commit, machine_info, repo_relative, write_json_atomic
 
+    if not summaries:
+        print(f"no finished runs in {args.runs_dir} or {archive or 'an archive'}; nothing "
+              "written", file=sys.stderr)
+        return 1
+    fingerprint = check_same_model(summaries)
     rows, table = aggregate(tasks, methods, seeds, summaries, curves)
     summary, counts = summary_rows(rows)
     png = os.path.splitext(out)[0] + ".png"
@@ -303,7 +382,8 @@ def main(argv=None) -> int:
                      f"{first['budget']} oracle calls; methods {', '.join(methods)}; seeds "
                      f"{seeds}; SeqFlow {first['model']['seqflow_workdir']} "
                      f"(L={first['model']['L']}, F={first['model']['F']}, "
-                     f"{first['model']['params']} params)"),
+                     f"{first['model']['params']} params, parameter fingerprint "
+                     f"{fingerprint})"),
         "notes": ("final_best includes the initial molecules (the paper's curves start at the "
                   "initial best); the paper reports the 100+500 setting as plots only (Fig. 8), "
                   "so there are no paper numbers to compare row by row; its initial data "
@@ -315,6 +395,8 @@ def main(argv=None) -> int:
         "comparison": counts,
         "curves": table,
         "curves_png": os.path.basename(png),
+        "seqflow_fingerprint": fingerprint,
+        "run_records": (repo_relative(archive, os.path.dirname(HERE)) if archive else None),
         "command": " ".join(shlex.quote(a) for a in
                             ["python", "experiments/nfbo_guacamol.py", *argv]),
         "git_commit": git_commit(),

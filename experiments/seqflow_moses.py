@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from jaxflows.provenance import git_commit, machine_summary, write_json_atomic
+from jaxflows.provenance import git_commit, machine_summary, params_fingerprint, write_json_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     t0 = time.time()
 
     import jax
+    from flax import linen as nn
 
     from jaxflows.train.sample import load_trained
 
@@ -141,6 +142,8 @@ def main(argv=None) -> int:
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     row = {
         "row": args.row, "params": n_params, "step": step,
+        # names these parameters in NF-BO's results (jaxflows.provenance.params_fingerprint)
+        "params_fingerprint": params_fingerprint(jax.device_get(nn.unbox(params))),
         "epochs": summary.get("epochs"),
         "train_wall_time_s": summary.get("train_wall_time_s"),
         "test_eval_time_s": ev.get("eval_time_s"),

@@ -60,6 +60,23 @@ def machine_summary() -> str:
             f"({dev.device_kind}), jax {jax.__version__}")
 
 
+def params_fingerprint(tree: Any) -> str:
+    """A 16-hex-digit SHA-256 of a parameter pytree: key paths, dtypes, shapes and bytes. Two
+    trees share it iff they are bitwise equal (up to hash collisions); results store it to say
+    which pretrained model a run started from."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 def write_json_atomic(path: str, obj: Any, *, indent: int = 1, sort_keys: bool = False) -> None:
     """Writes ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``, so a
     reader never sees a half-written file (results, summaries, configs)."""

@@ -82,6 +82,7 @@ from jaxflows.bo.tacs import perturb_prob
 from jaxflows.bo.thompson import thompson_batch
 from jaxflows.bo.trust_region import TrustRegionState, update_trust_region
 from jaxflows.errors import UserError
+from jaxflows.provenance import params_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class BORun:
         if meta is None or not config.seqflow_workdir:
             init, self.init_info = initial_smiles(config, data_dir)
         self.ops, params0 = load_flow(config, init, data_dir)
+        self.flow_fingerprint = params_fingerprint(params0)
         self.length, self.dim = self.ops.length, self.ops.dim
         self.k_tr = config.top_k + config.num_recent
         restored = st.restore(
@@ -472,6 +474,7 @@ class BORun:
             "valid_decodes": int(sum(r["valid"] for r in recs)),
             "model": {"seqflow_workdir": (os.path.basename(os.path.normpath(c.seqflow_workdir))
                                           if c.seqflow_workdir else "tiny random SeqFlow"),
+                      "fingerprint": self.flow_fingerprint,
                       "L": self.length, "F": self.ops.features, "D": self.dim,
                       "params": int(sum(np.size(x) for x in
                                         jax.tree.leaves(s.flow_params)))},

@@ -48,6 +48,38 @@ def test_driver_reads_iteration_times(full_run, load_repo_module):
     assert all(len(v) == len(t["seconds"]) for v in t["phases"].values())
 
 
+def test_driver_archives_records_and_rebuilds_from_them(full_run, load_repo_module, tmp_path):
+    """experiments/nfbo_guacamol.py keeps each finished run as a gzipped record; with the run
+    directories gone, ``--collect_only`` rebuilds the same rows from the records alone, and
+    records from a different pretrained SeqFlow are refused."""
+    workdir, summary = full_run
+    driver = load_repo_module("experiments/nfbo_guacamol.py")
+    runs = tmp_path / "runs"
+    shutil.copytree(workdir, runs / "smoke" / "adip" / "nfbo_s0")
+    out = str(tmp_path / "res" / "table.json")
+    argv = ["--setting", "smoke", "--tasks", "adip", "--methods", "nfbo", "--seeds", "0",
+            "--runs_dir", str(runs), "--collect_only", "--out", out]
+    assert driver.main(argv) == 0
+    first = json.load(open(out))
+    path = tmp_path / "res" / "table_runs" / "adip" / "nfbo_s0.json.gz"
+    rec = driver.read_record(str(path))
+    assert len(rec["history"]) == summary["calls"]
+    assert rec["summary"]["model"]["fingerprint"] == first["seqflow_fingerprint"]
+    assert len(first["seqflow_fingerprint"]) == 16
+    shutil.rmtree(runs)
+    assert driver.main(argv) == 0
+    second = json.load(open(out))
+    assert second["rows"] == first["rows"] and second["curves"] == first["curves"]
+    # a second run record made from another SeqFlow: refused by name
+    other = {**rec, "summary": {**rec["summary"], "seed": 1,
+                                "model": {**rec["summary"]["model"], "fingerprint": "0" * 16}}}
+    driver.write_record(str(path).replace("_s0", "_s1"), other)
+    with pytest.raises(UserError, match="different pretrained SeqFlows"):
+        driver.main([*argv[:7], "0,1", *argv[8:]])
+    # nothing finished and no records: a message, no file
+    assert driver.main([*argv[:-1], str(tmp_path / "none" / "t.json")]) == 1
+
+
 def test_iteration_benchmark_times_a_copy(full_run, load_repo_module, capsys):
     """benchmarks/nfbo_iteration.py continues a copy of a run: timed iterations after a
     warm-up, no compilation after it, the run's own GP padding, the workdir untouched."""

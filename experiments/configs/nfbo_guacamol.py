@@ -11,7 +11,8 @@ Rows (``TASK`` is one of NF-BO's seven: adip, med2, osmb, pdop, rano, valt, zale
     regions, q = 10 per region, fine-tuning every 10 new calls, anchor temperature 0.01, TACS
     tau = 400 (README command: ``acq_topk=5 acq_bsz=10 train_oracle=10 temperature=0.01
     dacs_temp=400``). SeqFlow: ``runs/seqflow_cpu`` (``jaxflows train --config
-    experiments/configs/seqflow_moses.py:cpu --workdir runs/seqflow_cpu``), the CPU-sized model;
+    experiments/configs/seqflow_moses.py:cpu --workdir runs/seqflow_cpu --no_eval``, half an
+    hour on 2 cores, bitwise repeatable on a CPU), the CPU-sized model;
     the paper's pretrained 1.27M-molecule Guacamol checkpoint is not available here. Runs on a
     CPU, so Thompson sampling draws from 10,000 Sobol candidates per iteration (2,000 per trust
     region) where the released code's ``min(50000, 200 D)`` gives 50,000 (10,000 per region);

@@ -3,7 +3,9 @@
 Each run is ``jaxflows bo`` on a row of ``experiments/configs/nfbo_guacamol.py`` in its own
 workdir ``RUNS_DIR/SETTING/TASK/METHOD_sSEED``: a finished run (``summary.json`` with
 ``finished``) is read back, an unfinished one resumes from its checkpoint, so the driver can be
-stopped and started again at any time. Runs go one after another in this process (runs sharing
+stopped and started again at any time; several drivers started with the same arguments
+(one per core) share the runs, each taking the next run no other driver holds (an ``flock`` on
+``WORKDIR.lock``). Runs go one after another in each process (runs sharing
 a SeqFlow reuse its compiled functions).
 
 Each finished run is also kept as one small record (summary, oracle-call history, iteration
@@ -48,6 +50,7 @@ best ``mean ± sem (number of seeds)`` per method, ``nfbo_ge_all_baselines``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -96,6 +99,29 @@ def one_run(workdir: str, config) -> dict:
     from jaxflows.bo.loop import run_bo
 
     return finished_summary(workdir) or run_bo(config, workdir)
+
+
+@contextlib.contextmanager
+def run_lock(workdir: str):
+    """Yields True while this process holds the run's lock (``WORKDIR.lock``, an exclusive
+    ``flock``, released when the process ends however it ends), False when another driver
+    holds it: several drivers started with the same arguments share the runs between them."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(workdir)), exist_ok=True)
+    fd = os.open(os.path.normpath(workdir) + ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def iteration_seconds(workdir: str) -> dict:
@@ -347,11 +373,19 @@ def main(argv=None) -> int:
         if rec is None:
             rec = run_record(workdir)
             if rec is None and not args.collect_only:
-                one_run(workdir, run_config(args.setting, task, method, seed, overrides))
-                rec = run_record(workdir)
+                with run_lock(workdir) as mine:
+                    if not mine:
+                        print(f"{task} {method} seed {seed}: another driver is running it; "
+                              "skipped", flush=True)
+                        continue
+                    rec = read_record(path) if path else None  # finished while we waited
+                    if rec is None:
+                        one_run(workdir, run_config(args.setting, task, method, seed,
+                                                    overrides))
+                        rec = run_record(workdir)
             if rec is None:
                 continue
-            if path:
+            if path and not os.path.exists(path):
                 write_record(path, rec)
         s = rec["summary"]
         summaries[(task, method, seed)] = {**s, "iteration_seconds": rec["iteration_seconds"]}

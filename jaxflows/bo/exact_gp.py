@@ -17,7 +17,12 @@ every step is then skipped stays stuck for the rest of a BO run. So :func:`stabl
 as gpytorch's ``psd_safe_cholesky`` does (:func:`jaxflows.bo.linalg.stable_jitter`): the first
 of ``jitter``, then ``jitter * 10^k * s`` (``k = 1..4``, ``s`` = output scale + noise, i.e.
 relative to the kernel's diagonal) at which the factorisation is finite; the choice is not
-differentiated.
+differentiated. That probe factorises ``cov + j I`` while tinygp factorises ``K + (diag + j)``,
+which rounds differently; at the edge (a matrix whose float32 Cholesky is barely finite) the
+probe can pass and tinygp's own factor still be NaN, which made every Thompson sample of a
+valt run non-finite. :func:`build_gp` therefore also checks tinygp's factor and multiplies the
+jitter by 10 until that is finite (at most ``MAX_JITTER_TRIES`` times); where the first factor
+is finite, nothing changes.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflows.bo._deps import tinygp
-from jaxflows.bo.linalg import stable_jitter
+from jaxflows.bo.linalg import MAX_JITTER_TRIES, stable_jitter
 from jaxflows.bo.surrogate import Masked, Surrogate, features, hyperparameters, kernel
 
 
@@ -49,7 +54,27 @@ def build_gp(params: Surrogate, x: jax.Array, mask: jax.Array,
     x_m = (features(params, x), m)
     cov = Masked(kernel(params))(x_m, x_m) + jnp.diag(noise * m + (1.0 - m))
     j = stable_jitter(cov, jitter, outputscale + noise)
+    j = _finite_factor_jitter(jax.lax.stop_gradient(params), x, mask, j)
     return _gp(params, x, mask, j), j
+
+
+def _finite_factor_jitter(params: Surrogate, x: jax.Array, mask: jax.Array,
+                          j: jax.Array) -> jax.Array:
+    """``j``, or ``j * 10^k`` for the first ``k = 1..MAX_JITTER_TRIES`` at which tinygp's own
+    Cholesky factor of the GP is finite (the last when none is); not differentiated."""
+
+    def finite(jj):
+        return jnp.all(jnp.isfinite(_gp(params, x, mask, jj).solver.scale_tril))
+
+    def body(carry):
+        jj, k, _ = carry
+        jj = jj * 10.0
+        return jj, k + 1, finite(jj)
+
+    j = jax.lax.stop_gradient(jnp.asarray(j, jnp.float32))
+    j, _, _ = jax.lax.while_loop(lambda c: ~c[2] & (c[1] <= MAX_JITTER_TRIES), body,
+                                 (j, jnp.ones((), jnp.int32), finite(j)))
+    return jax.lax.stop_gradient(j)
 
 
 def neg_mll(params: Surrogate, x: jax.Array, y_std: jax.Array, mask: jax.Array,

@@ -185,3 +185,23 @@ def test_mll_of_duplicated_inputs_is_finite_with_finite_gradients():
     leaves = [np.asarray(g) for g in jax.tree.leaves(grads) if jnp.issubdtype(g.dtype,
                                                                                jnp.floating)]
     assert all(np.isfinite(g).all() for g in leaves)
+
+
+def test_build_gp_checks_tinygps_own_factor(monkeypatch):
+    """The jitter probe factorises ``cov + j I``; tinygp factorises ``K + (diag + j)``, which
+    rounds differently. When the probe passes at a jitter where tinygp's factor is NaN (seen on
+    valt), build_gp grows the jitter until tinygp's factor is finite; a finite one is kept."""
+    from jaxflows.bo import exact_gp
+
+    rng = np.random.default_rng(0)
+    x = (np.array([[0.3, -1.2, 0.5]]) + 1e-3 * rng.normal(size=(300, 3))).astype(np.float32)
+    mask = np.ones(300, np.float32)
+    p = _fixed_params(outputscale=100.0, noise=1e-4 + 1e-7)
+    assert not np.isfinite(np.asarray(exact_gp._gp(p, x, mask, 1e-6).solver.scale_tril)).all()
+    monkeypatch.setattr(exact_gp, "stable_jitter", lambda a, jitter, scale: jnp.float32(jitter))
+    gp_, j = exact_gp.build_gp(p, x, mask, 1e-6)
+    assert float(j) > 1e-6 and np.isfinite(np.asarray(gp_.solver.scale_tril)).all()
+    good = _fixed_params()
+    x_good = rng.normal(size=(20, 3)).astype(np.float32)
+    _, j_good = exact_gp.build_gp(good, x_good, np.ones(20, np.float32), 1e-6)
+    assert float(j_good) == pytest.approx(1e-6)

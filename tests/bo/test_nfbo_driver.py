@@ -79,3 +79,15 @@ def test_aggregate_and_summary(driver, tmp_path):
     assert "| task | initial_best | random |" in md and "| 0.600 (1) |" in md
     with pytest.raises(UserError, match="no 'missing' list"):
         render_table("x", str(tmp_path), rows_key="missing")
+
+
+def test_run_lock_shares_runs_between_drivers(driver, tmp_path):
+    """A run held by one driver is skipped by another (an flock on WORKDIR.lock), and is free
+    again once released."""
+    workdir = str(tmp_path / "small" / "adip" / "nfbo_s0")
+    with driver.run_lock(workdir) as first:
+        assert first
+        with driver.run_lock(workdir) as second:
+            assert not second
+    with driver.run_lock(workdir) as again:
+        assert again

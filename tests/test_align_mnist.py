@@ -54,7 +54,6 @@ def test_euler_sampler_matches_the_task_sampler(script):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def _row(name, target, lam, fd, sem, psnr, **extra):
     return {"name": name, "autoencoder": "ae", "target": target, "lambda": lam, "fd_mnist": fd,
             "fd_mnist_sem": sem, "psnr": psnr, "rfd_mnist": fd / 50, **extra}
@@ -81,6 +80,7 @@ def test_analysis_names_the_best_aligned_row_and_its_noise(script):
     assert out["spearman_fd"]["latent_fd"] is None  # no such column
 
 
+@pytest.mark.slow
 def test_align_mnist_quick(script, tmp_path):
     out = tmp_path / "results" / "align_mnist.json"
     # two autoencoders (the lowlevel rows train exactly as the semantic ones, another prior)

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxflows.train.xla_options import full_backend_optimization
+
 PyTree = Any
 
 
@@ -76,7 +78,8 @@ def train_classifier(
     n = x_all.shape[0]
     bs = min(batch_size, n)
 
-    @jax.jit
+    # convolution gradients: XLA's full backend level even where XLA_FLAGS lowers it
+    @functools.partial(jax.jit, compiler_options=full_backend_optimization())
     def step(params, opt_state, i):
         idx = jax.random.randint(jax.random.fold_in(r_data, i), (bs,), 0, n)
 

@@ -121,6 +121,7 @@ from jaxflows.train.task import (
     image_element_spec,
     masked_mean,
 )
+from jaxflows.train.xla_options import full_backend_optimization
 
 MODES = ("ae", "kl")
 LAYOUTS = ("tokens", "flat")
@@ -277,6 +278,11 @@ class AutoencoderTask(Task):
     module docstring for the modes, the loss, the alignment hook and the metrics."""
 
     best_metric = "loss"
+
+    def compiler_options(self) -> dict[str, Any]:
+        """Convolution gradients compile at XLA's full backend level
+        (:func:`jaxflows.train.xla_options.full_backend_optimization`)."""
+        return full_backend_optimization()
 
     def __init__(self, config: ml_collections.ConfigDict, data_info: DataInfo):
         super().__init__(config, data_info)

@@ -268,6 +268,7 @@ def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Ru
                           best_params=p_sh if keep_best else None)
     b_sh = mesh_lib.batch_sharding(mesh)
     stacked_sh = jax.NamedSharding(mesh, jax.P(None, mesh_lib.BATCH_AXES))
+    xla_opts = task.compiler_options() or None
     step_fn = make_train_step(task, tx, schedule, grad_accum_steps=config.optim.grad_accum_steps,
                               ema_decay=config.optim.ema_decay, frozen=frozen)
     return Run(
@@ -279,11 +280,13 @@ def build(config: ml_collections.ConfigDict, info: DataInfo | None = None) -> Ru
         state_from_params=jax.jit(state_from_params, in_shardings=(p_sh, rep),
                                   out_shardings=state_sh),
         train_step=jax.jit(step_fn, in_shardings=(state_sh, b_sh),
-                           out_shardings=(state_sh, rep), donate_argnums=0),
+                           out_shardings=(state_sh, rep), donate_argnums=0,
+                           compiler_options=xla_opts),
         multi_step=jax.jit(make_multi_step(step_fn), in_shardings=(state_sh, stacked_sh),
-                           out_shardings=(state_sh, rep), donate_argnums=0),
+                           out_shardings=(state_sh, rep), donate_argnums=0,
+                           compiler_options=xla_opts),
         eval_step=jax.jit(make_eval_step(task), in_shardings=(p_sh, b_sh, rep),
-                          out_shardings=rep),
+                          out_shardings=rep, compiler_options=xla_opts),
         data_dir=_data_dir(config))
 
 

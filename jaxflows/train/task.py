@@ -153,6 +153,11 @@ class Task:
         """One example's fields (no batch axis). Default: every array field of the data."""
         return dict(self.data_info.element_spec)
 
+    def compiler_options(self) -> dict[str, Any]:
+        """XLA options the engine compiles this task's train and eval steps with (``jax.jit``'s
+        ``compiler_options``; default none). See :mod:`jaxflows.train.xla_options`."""
+        return {}
+
     # --- required -----------------------------------------------------------------------
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree:
         """Returns the params pytree (leaves may be ``nn.LogicallyPartitioned`` boxes)."""

@@ -8,7 +8,9 @@ Level 0 roughly halves it: `tests/models` ran in 189 s instead of 337 s, the who
 workers) in 864 s instead of 1,013 s; the compiled code runs slower, which the tests do not
 measure (the end-to-end tests that train for longer gain less). The suite passes at both levels;
 the benchmarks and experiments compile at the default level. ``JAXFLOWS_TEST_XLA_OPT=default``
-runs the suite at the default level.
+runs the suite at the default level. Convolution gradients are the exception: at level 0 they run
+about 50x slower, so the models built on convolutions compile their steps at the full level per
+``jax.jit`` (``jaxflows.train.xla_options.full_backend_optimization``).
 """
 
 import os

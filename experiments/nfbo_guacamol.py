@@ -264,7 +264,8 @@ BASELINES = ("random", "lsbo", "nfbo_no_tacs")
 
 def summary_rows(rows: list[dict]) -> tuple[list[dict], dict]:
     """One row per task (final best ``mean ± sem (seeds)`` per method, whether NF-BO's mean is
-    >= every baseline's, the TACS on - off difference) and the counts over tasks, for the
+    >= every baseline's, its margin over the strongest baseline with the standard error of that
+    difference, the TACS on - off difference) and the counts over tasks, for the
     README. A method without finished runs on a task shows ``None`` and is left out of that
     task's comparisons (an interim table, ``--collect_only``)."""
     by = {(r["task"], r["method"]): r for r in rows}
@@ -291,6 +292,12 @@ def summary_rows(rows: list[dict]) -> tuple[list[dict], dict]:
                 wins[b] += int(ok)
                 compared[b] += 1
             row["nfbo_ge_all_baselines"] = all(ge.values()) if len(ge) == len(wins) else None
+            if ge:  # the margin over the strongest baseline, and its standard error
+                top = max(ge, key=lambda b: by[(task, b)]["final_best_mean"])
+                row["best_baseline"] = top
+                row["nfbo_minus_best_baseline"] = nf - by[(task, top)]["final_best_mean"]
+                errs = (by[(task, "nfbo")]["final_best_sem"], by[(task, top)]["final_best_sem"])
+                row["margin_se"] = (float(np.hypot(*errs)) if None not in errs else None)
             if (task, "nfbo_no_tacs") in by:
                 row["tacs_on_minus_off"] = nf - by[(task, "nfbo_no_tacs")]["final_best_mean"]
         out.append(row)

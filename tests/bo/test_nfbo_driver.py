@@ -54,6 +54,13 @@ def test_aggregate_and_summary(driver, tmp_path):
     s = {x["task"]: x for x in summary}
     assert s["adip"]["nfbo_ge_all_baselines"] and not s["med2"]["nfbo_ge_all_baselines"]
     assert s["adip"]["tacs_on_minus_off"] == pytest.approx(0.2)
+    # med2: LS-BO is the strongest baseline, 0.1 above NF-BO; equal seeds: a zero standard error
+    assert s["med2"]["best_baseline"] == "lsbo"
+    assert s["med2"]["nfbo_minus_best_baseline"] == pytest.approx(-0.1)
+    assert s["med2"]["margin_se"] == pytest.approx(0.0)
+    assert s["adip"]["best_baseline"] == "nfbo_no_tacs"  # 0.5 on every seed
+    assert s["adip"]["nfbo_minus_best_baseline"] == pytest.approx(0.2)
+    assert s["adip"]["margin_se"] == pytest.approx(np.std([0.6, 0.6, 0.9], ddof=1) / np.sqrt(3))
     assert s["adip"]["nfbo"].startswith("0.700 ± ") and s["adip"]["nfbo"].endswith(" (3)")
     assert counts == {"tasks": 2, "nfbo_ge_all_baselines_tasks": 1,
                       "nfbo_ge_baseline_tasks": {"random": 2, "lsbo": 1, "nfbo_no_tacs": 2},
@@ -71,6 +78,7 @@ def test_aggregate_and_summary(driver, tmp_path):
     s = {x["task"]: x for x in summary}
     assert s["med2"]["nfbo"] is None and s["med2"].get("nfbo_ge_all_baselines") is None
     assert s["adip"]["nfbo"] == "0.600 (1)"
+    assert s["adip"]["margin_se"] is None  # one seed: no standard error
     assert counts["tasks_compared"] == {"random": 1, "lsbo": 1, "nfbo_no_tacs": 1}
 
     (tmp_path / "x.json").write_text(json.dumps({"title": "T", "command": "c", "rows": rows,

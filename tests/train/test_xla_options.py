@@ -4,9 +4,10 @@ process that lowers it (this suite runs at level 0, see ``tests/conftest.py``)."
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxflows.eval.classifier import DigitCNN
-from jaxflows.train.task import Task
+from jaxflows.train.task import Task, zeros_batch
 from jaxflows.train.xla_options import (
     BACKEND_LEVEL_OPTION,
     FULL_BACKEND_LEVEL,
@@ -35,3 +36,24 @@ def test_tasks_default_to_no_options_and_the_autoencoder_asks_for_the_full_level
     assert Task.compiler_options(object.__new__(Task)) == {}
     task = object.__new__(AutoencoderTask)
     assert task.compiler_options() == full_backend_optimization()
+
+
+def test_the_engine_compiles_the_tasks_steps_with_its_options(tmp_path, data_dir, monkeypatch):
+    """An option XLA does not know fails the compile of the train and eval steps: the engine
+    passes ``Task.compiler_options()`` to them."""
+    from helpers import TOY
+
+    from jaxflows.train import load_config
+    from jaxflows.train.loop import build
+
+    config = load_config(f"{TOY}:default", [f"--config.data.data_dir={data_dir}"])
+    monkeypatch.setattr(Task, "compiler_options", lambda self: {"xla_jaxflows_no_such_opt": 1})
+    run = build(config)
+    with jax.set_mesh(run.mesh):
+        state = run.init_state()
+        batch = {**zeros_batch(run.example_spec, 8), "mask": jnp.ones((8,), jnp.float32)}
+        for fn, args in ((run.train_step, (state, batch)),
+                         (run.eval_step, (state.params, batch, jax.random.key(0)))):
+            with pytest.raises(Exception, match="xla_jaxflows_no_such_opt"):
+                fn.lower(*jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)).compile()

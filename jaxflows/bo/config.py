@@ -65,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.learning_rate = 1e-3
     c.finetune.batch_size = 32
     c.finetune.grad_clip = 1.0
+    c.finetune.reencode = True      # re-encode D_tr after each fine-tune (paper Alg. 1, released
+    #                                 code); False keeps each point's proposing latent (ablation)
 
     c.gp = ml_collections.ConfigDict()
     c.gp.refit_every_iteration = True   # paper Alg. 1; the released code fits once (False)

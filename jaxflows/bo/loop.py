@@ -7,7 +7,8 @@ of ``config.method``:
   1. (``nfbo*`` only) **fine-tune SeqFlow** when at least ``train_oracle`` new oracle calls were
      made since the last fine-tuning: one epoch (``finetune.*``: Adam 1e-3, batch 32, clip 1.0,
      Adam state kept across fine-tunings) of :meth:`SeqFlowTask.loss` on ``D_tr``; then
-     re-encode ``D_tr``'s latents with the new flow. As in the released code
+     re-encode ``D_tr``'s latents with the new flow (``finetune.reencode = False``, an
+     ablation: each point keeps the latent it had, as in LS-BO). As in the released code
      (``now_train_oracles``), the counter starts at ``-train_oracle`` (its first
      ``update_models_e2e`` trains ``init_vae_epochs = 0`` epochs) and at most one fine-tuning
      runs per iteration.
@@ -243,7 +244,8 @@ class BORun:
             s.flow_params, s.opt_state, s.tokens[members], st.jax_key(self.seed, it, "finetune"),
             st.np_rng(self.seed, it, "finetune"), epochs=c.finetune.epochs)
         s.pending_train -= int(c.train_oracle)
-        s.tr_z[:len(members)] = self.ops.encode(s.flow_params, s.tokens[members])
+        if c.finetune.reencode:
+            s.tr_z[:len(members)] = self.ops.encode(s.flow_params, s.tokens[members])
         s.finetunes += 1
         return loss
 

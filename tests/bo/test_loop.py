@@ -224,3 +224,25 @@ def test_cli_bo_runs_and_reports(tmp_path, capsys):
     assert main(["bo", "--config", SPEC, "--workdir", workdir, "--config.methd=x"]) == 2
     assert "unknown config key" in capsys.readouterr().err
     shutil.rmtree(workdir)
+
+
+@pytest.mark.parametrize("reencode", [True, False])
+def test_finetune_reencodes_the_training_set_only_when_asked(reencode, tmp_path):
+    from jaxflows.bo.loop import BORun
+
+    run = BORun(smoke(f"finetune.reencode={str(reencode).lower()}"), str(tmp_path / "w"))
+    try:
+        s = run.state
+        s.pending_train = 0                      # a fine-tune is due
+        n = s.n_tr
+        before_z, before_p = s.tr_z[:n].copy(), jax.tree.leaves(s.flow_params)
+        assert run._finetune(0) is not None and s.finetunes == 1
+        changed = [not np.array_equal(a, b)
+                   for a, b in zip(before_p, jax.tree.leaves(s.flow_params), strict=True)]
+        assert any(changed)                      # the flow moved
+        np.testing.assert_array_equal(
+            s.tr_z[:n], run.ops.encode(s.flow_params, s.tokens[s.tr_idx[:n]]) if reencode
+            else before_z)
+        assert reencode != np.array_equal(s.tr_z[:n], before_z)
+    finally:
+        run.close()

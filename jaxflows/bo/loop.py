@@ -40,7 +40,10 @@ union; the released code concatenates the two lists, repeats included). The **tr
 is updated by ``tr.rule``: ``duplicate_ratio`` (released code: ``r = 1 - new / (N_TR q)``;
 ``r > 0.95`` grows the length 1.2x, ``r < 0.8`` shrinks it) or ``turbo`` (LOL-BO; a batch with
 no new molecule counts as a failure). The run stops when the budget is used or after
-:func:`~jaxflows.bo.config.max_iterations` iterations.
+:func:`~jaxflows.bo.config.max_iterations` iterations. Each iteration's record counts the
+proposals, valid decodes, new molecules and ``same_as_anchor``: decodes that reproduce the
+molecule of their own anchor (-1 for ``random``), summed over the run in the summary's
+``decodes_same_as_anchor``.
 
 ``lsbo`` is the same loop with a frozen flow and uniform perturbations (no fine-tuning, no TACS).
 
@@ -124,6 +127,7 @@ class BORun:
         self.counter = CompileCounter().__enter__()
         self._stepped = False
         self._times: dict[str, float] = {}
+        self._anchors: np.ndarray | None = None   # this iteration's anchor indices
         try:
             self._setup()
         except BaseException:
@@ -284,6 +288,7 @@ class BORun:
                                             s.y.astype(np.float32), c.num_anchors,
                                             c.anchor_temperature, valid))
             anchor_tokens = s.tokens[idx]
+            self._anchors = idx
             z_anchor = self.ops.encode(s.flow_params, anchor_tokens)
         with self._timed("tacs"):
             if self.method == "nfbo":
@@ -319,6 +324,10 @@ class BORun:
             if can is not None and can not in seen:
                 seen.add(can)
                 picks.append((j, can))
+        # decodes that reproduce their own anchor molecule (picks are anchor-major: q per anchor)
+        same = (-1 if self._anchors is None else sum(
+            can is not None and can == s.smiles[int(self._anchors[j // c.batch_per_anchor])]
+            for j, can in enumerate(canonical)))
         before = s.oracle.calls
         # the oracle gets the decoded spelling: its canonical form is then exactly ``can``
         scores = (s.oracle([dec.smiles[j] for j, _ in picks], partial=True) if picks
@@ -342,7 +351,7 @@ class BORun:
         s.trust = update_trust_region(c.tr.rule, s.trust, duplicate_ratio=dup,
                                       y_next=new_y if new_y else [-math.inf])
         s.pending_train += len(new_j)
-        return {"proposed": int(len(z)), "valid": int(dec.valid.sum()),
+        return {"proposed": int(len(z)), "valid": int(dec.valid.sum()), "same_as_anchor": same,
                 "unique_new": len(picks), "new": len(new_j), "new_scores": new_y,
                 "n_old": n_old}
 
@@ -364,6 +373,7 @@ class BORun:
         it = s.iteration
         t0, c0 = time.perf_counter(), self.counter.count
         self._times = {}
+        self._anchors = None
         with self._timed("finetune"):
             loss = self._finetune(it)
         z = self._propose(it)
@@ -375,7 +385,7 @@ class BORun:
         s.iteration = it + 1
         record = {
             "iteration": it, "calls": s.oracle.calls, "proposed": out["proposed"],
-            "valid": out["valid"], "new": out["new"],
+            "valid": out["valid"], "new": out["new"], "same_as_anchor": out["same_as_anchor"],
             "best": float(s.y[:s.n].max()), "tr_length": s.trust.length,
             "finetune_loss": loss,
             "gp_loss": None if s.gp_params is None else float(s.gp_params.loss),
@@ -474,6 +484,9 @@ class BORun:
             "tr_restarts": s.trust.restarts,
             "proposed": int(sum(r["proposed"] for r in recs)),
             "valid_decodes": int(sum(r["valid"] for r in recs)),
+            # decodes equal to their anchor molecule (records before this count: -1, skipped)
+            "decodes_same_as_anchor": int(sum(r.get("same_as_anchor", -1) for r in recs
+                                              if r.get("same_as_anchor", -1) >= 0)),
             "model": {"seqflow_workdir": (os.path.basename(os.path.normpath(c.seqflow_workdir))
                                           if c.seqflow_workdir else "tiny random SeqFlow"),
                       "fingerprint": self.flow_fingerprint,

@@ -246,3 +246,28 @@ def test_finetune_reencodes_the_training_set_only_when_asked(reencode, tmp_path)
         assert reencode != np.array_equal(s.tr_z[:n], before_z)
     finally:
         run.close()
+
+
+def test_iteration_counts_decodes_equal_to_their_anchor(tmp_path):
+    from jaxflows.bo.loop import BORun
+
+    os.makedirs(tmp_path / "w")
+    run = BORun(smoke("method=lsbo"), str(tmp_path / "w"))
+    try:
+        real = run.ops.decode
+
+        def decode_the_anchors(params, z):        # every pick decodes to its own anchor
+            a = run._anchors.repeat(run.config.batch_per_anchor)
+            return real(params, run.ops.encode(params, run.state.tokens[a]))
+
+        run.ops.decode = decode_the_anchors
+        summary = run.run(stop_after=1)
+        rec = run.state.records[-1]
+        assert rec["same_as_anchor"] == rec["proposed"] == run.t_q and rec["new"] == 0
+        assert summary["decodes_same_as_anchor"] == run.t_q
+        run.ops.decode = real
+        run.run(stop_after=1)
+        rec = run.state.records[-1]
+        assert 0 <= rec["same_as_anchor"] <= rec["proposed"] - rec["new"]
+    finally:
+        run.close()

@@ -5,6 +5,8 @@ Both apply a unit lower-triangular matrix ``L``: ``z -> L z``, ``det L = 1``, lo
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +88,19 @@ class LinearIAF(_UnitLowerTriangular):
         return _unit_lower(self.matrix)
 
 
+# the forward pass multiplies by one-hot [D, D(D-1)/2] matrices up to this D (4 MB each at 128)
+_ONE_HOT_MAX_DIM = 128
+
+
+@functools.lru_cache(maxsize=16)
+def _tril_one_hots(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(G [D, n], S [n, D])``: ``x @ G = x[cols]`` and ``e @ S`` sums entries into their rows,
+    for the strictly-lower positions ``np.tril_indices(D, -1)`` (``n = D(D-1)/2``)."""
+    rows, cols = np.tril_indices(dim, -1)
+    eye = np.eye(dim, dtype=np.float32)
+    return np.ascontiguousarray(eye[:, cols]), np.ascontiguousarray(eye[rows])
+
+
 class CCLinearIAF(_UnitLowerTriangular):
     """Convex-combination linear IAF: ``L = I + tril(sum_k w_k M_k, -1)``, log-det 0.
 
@@ -93,8 +108,16 @@ class CCLinearIAF(_UnitLowerTriangular):
     matrices ``I + tril(M_k, -1)`` because the weights sum to one. ``K = 1`` is
     :class:`LinearIAF`.
 
+    The matrices are held as their strictly-lower entries ``[..., K, D(D-1)/2]`` and mixed
+    there (the same sums, entry by entry, as mixing the full matrices). Up to ``D = 128`` the
+    forward pass never builds ``L``: ``y = x + ((x G) * e) S`` with the one-hot ``G`` (gather
+    the ``x_j`` of every entry) and ``S`` (sum the products into their rows) -- three small
+    matmuls and their transposes instead of a scatter of ``[..., K, D, D]`` matrices, which
+    XLA:CPU runs as a loop (timings: ``benchmarks/README.md``).
+
     Args:
-      matrices: ``[..., K, D, D]``; only the strictly-lower parts are used.
+      matrices: ``[..., K, D, D]``; only the strictly-lower parts are used (or build from
+        the entries alone with :meth:`from_entries`).
       logits: ``[..., K]`` unnormalised weights, ``w = softmax(logits)``; or
       weights: ``[..., K]`` weights on the simplex (checked when concrete). Give exactly one.
     """
@@ -105,20 +128,41 @@ class CCLinearIAF(_UnitLowerTriangular):
         if m.shape[-1] != m.shape[-2]:
             raise ValueError(
                 f"CCLinearIAF: `matrices` must be [..., K, D, D], got shape {tuple(m.shape)}.")
+        rows, cols = np.tril_indices(m.shape[-1], -1)
+        self._init(m[..., rows, cols], m.shape[-1], logits, weights)
+
+    @classmethod
+    def from_entries(cls, entries: Array, dim: int, logits: Array | None = None,
+                     weights: Array | None = None) -> CCLinearIAF:
+        """From the strictly-lower entries ``[..., K, D(D-1)/2]`` (row-major, the order of
+        ``np.tril_indices(D, -1)``) and ``logits`` or ``weights`` ``[..., K]``."""
+        e = as_float_param("CCLinearIAF", "entries", entries, 2)
+        n = dim * (dim - 1) // 2
+        if e.shape[-1] != n:
+            raise ValueError(f"CCLinearIAF: `entries` must be [..., K, {n}] = [..., K, D(D-1)/2] "
+                             f"for D={dim}, got shape {tuple(e.shape)}.")
+        self = cls.__new__(cls)
+        self._init(e, dim, logits, weights)
+        return self
+
+    def _init(self, entries: Array, dim: int, logits: Array | None,
+              weights: Array | None) -> None:
         if (logits is None) == (weights is None):
             raise ValueError("CCLinearIAF: give exactly one of `logits` or `weights`.")
-        super().__init__(m.shape[-1], is_constant_jacobian=True)
-        k = m.shape[-3]
-        self.matrices = m
+        super().__init__(dim, is_constant_jacobian=True)
+        k = entries.shape[-2]
+        self.entries = entries
         self.logits = None
         self.weights_param = None
+        # the reported shape of the matrices, for shape checks and messages
+        m_shape = tuple(entries.shape[:-1]) + (dim, dim)
         if logits is not None:
             lg = as_float_param("CCLinearIAF", "logits", logits, 1)
-            check_core_shape("CCLinearIAF", "logits", lg, (k,), "matrices", m.shape)
+            check_core_shape("CCLinearIAF", "logits", lg, (k,), "matrices", m_shape)
             self.logits = lg
         else:
             w = as_float_param("CCLinearIAF", "weights", weights, 1)
-            check_core_shape("CCLinearIAF", "weights", w, (k,), "matrices", m.shape)
+            check_core_shape("CCLinearIAF", "weights", w, (k,), "matrices", m_shape)
             if is_concrete(w) and w.size:
                 w_np = np.asarray(w)
                 if np.any(w_np < 0) or not np.all(np.abs(w_np.sum(-1) - 1.0) < 1e-5):
@@ -130,11 +174,17 @@ class CCLinearIAF(_UnitLowerTriangular):
     @property
     def num_components(self) -> int:
         """``K``."""
-        return self.matrices.shape[-3]
+        return self.entries.shape[-2]
+
+    @property
+    def matrices(self) -> Array:
+        """The ``K`` strictly-lower matrices ``[..., K, D, D]`` (zero on and above the
+        diagonal)."""
+        return fill_strictly_lower(self.entries, self.dim)
 
     def _param_batch_shapes(self):
         w = self.logits if self.logits is not None else self.weights_param
-        return [("matrices", tuple(self.matrices.shape[:-3])), ("weights", tuple(w.shape[:-1]))]
+        return [("matrices", tuple(self.entries.shape[:-2])), ("weights", tuple(w.shape[:-1]))]
 
     @property
     def weights(self) -> Array:
@@ -143,12 +193,26 @@ class CCLinearIAF(_UnitLowerTriangular):
             return jax.nn.softmax(self.logits, axis=-1)
         return self.weights_param
 
+    def mixed_entries(self) -> Array:
+        """``sum_k w_k e_k``: the strictly-lower entries of ``L`` ``[..., D(D-1)/2]``."""
+        # An unrolled sum over the (static, small) K: XLA:CPU ran the reduction form of the
+        # same mix over full matrices (``jnp.sum(..., axis=-3)``) ~100x slower at D = 784.
+        w, e = self.weights, self.entries
+        mixed = w[..., 0, None] * e[..., 0, :]
+        for k in range(1, e.shape[-2]):
+            mixed = mixed + w[..., k, None] * e[..., k, :]
+        return mixed
+
     def lower_matrix(self) -> Array:
         """``I + tril(sum_k w_k M_k, -1)``: ``[..., D, D]``."""
-        # An unrolled sum over the (static, small) K: XLA:CPU runs the equivalent
-        # ``jnp.sum(w[..., None, None] * M, axis=-3)`` ~100x slower at D = 784.
-        w, m = self.weights, self.matrices
-        mixed = w[..., 0, None, None] * m[..., 0, :, :]
-        for k in range(1, m.shape[-3]):
-            mixed = mixed + w[..., k, None, None] * m[..., k, :, :]
-        return _unit_lower(mixed)
+        return _unit_lower(fill_strictly_lower(self.mixed_entries(), self.dim))
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        """``x: [..., D]`` -> ``(L x: [..., D], zeros [...])``."""
+        if self.dim > _ONE_HOT_MAX_DIM:
+            return super().forward_and_log_det(x)
+        batch = self._check_input(x)
+        g, s = (jnp.asarray(a, jnp.result_type(x, self.entries)) for a in
+                _tril_one_hots(self.dim))
+        y = x + ((x @ g) * self.mixed_entries()) @ s
+        return y, self._zeros_log_det(y, batch)

@@ -24,7 +24,6 @@ from jaxflows.bijectors import (
     Planar,
     SylvesterOrthogonal,
     SylvesterTriangular,
-    fill_strictly_lower,
 )
 from jaxflows.nn.made import MADE
 
@@ -72,7 +71,7 @@ class CCLinearIAF(nn.Module):
     Weights ``softmax(Dense(K)(h))``; ``K`` strictly-lower matrices from
     ``Dense(K * M(M-1)/2)(h)`` (only the free entries). The matrix head is zero-initialised,
     so the flow starts at the identity. Returns a :class:`jaxflows.bijectors.CCLinearIAF`
-    with matrices ``[B, K, M, M]`` and logits ``[B, K]`` (log-det 0).
+    with entries ``[B, K, M(M-1)/2]`` and logits ``[B, K]`` (log-det 0).
     """
 
     latent_dim: int
@@ -86,8 +85,8 @@ class CCLinearIAF(nn.Module):
         n = m * (m - 1) // 2
         logits = nn.Dense(k, name="weights")(h)
         entries = nn.Dense(k * n, kernel_init=nn.initializers.zeros, name="matrices")(h)
-        mats = fill_strictly_lower(entries.reshape(h.shape[:-1] + (k, n)), m)
-        return CCLinearIAFBijector(mats, logits=logits)
+        return CCLinearIAFBijector.from_entries(entries.reshape(h.shape[:-1] + (k, n)), m,
+                                                logits=logits)
 
 
 class LinearIAF(nn.Module):

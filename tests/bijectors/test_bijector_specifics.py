@@ -86,6 +86,36 @@ def test_cc_linear_iaf_with_one_component_equals_linear_iaf():
     np.testing.assert_allclose(cc.lower_matrix(), want, atol=1e-6)
 
 
+@pytest.mark.parametrize("dim", [5, 130])     # the one-hot matmul forward; the dense one
+def test_cc_linear_iaf_from_entries_is_the_dense_transform(dim):
+    k, batch = 3, 4
+    mats = normal(0, (batch, k, dim, dim), 0.3)
+    logits = normal(1, (batch, k))
+    x = normal(2, (batch, dim))
+    rows, cols = np.tril_indices(dim, -1)
+    b = CCLinearIAF.from_entries(mats[..., rows, cols], dim, logits=logits)
+    # the matrix: bitwise the mix of the full matrices, masked (the old construction)
+    w = jax.nn.softmax(logits, -1)
+    mixed = w[:, 0, None, None] * mats[:, 0]
+    for j in range(1, k):
+        mixed = mixed + w[:, j, None, None] * mats[:, j]
+    dense = jnp.tril(mixed, -1) + jnp.eye(dim)
+    np.testing.assert_array_equal(b.lower_matrix(), dense)
+    np.testing.assert_array_equal(CCLinearIAF(mats, logits=logits).lower_matrix(), dense)
+    np.testing.assert_array_equal(b.matrices, jnp.tril(mats, -1))
+    y, ld = b.forward_and_log_det(x)
+    np.testing.assert_allclose(y, jnp.einsum("bij,bj->bi", dense, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ld, np.zeros(batch))
+    np.testing.assert_allclose(b.inverse(y), x, rtol=1e-4, atol=1e-4)
+    # one example's Jacobian is its matrix (also through the gradient of the matmul path)
+    jac = jax.jacfwd(lambda v: CCLinearIAF.from_entries(
+        mats[0][..., rows, cols], dim,
+        logits=logits[0]).forward(v))(x[0])
+    np.testing.assert_allclose(jac, dense[0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"D\(D-1\)/2"):
+        CCLinearIAF.from_entries(jnp.zeros((k, 7)), dim, logits=jnp.zeros(k))
+
+
 def test_linear_iaf_from_entries():
     entries = jnp.arange(1.0, 1.0 + D * (D - 1) // 2)
     b = LinearIAF.from_entries(entries, D)

@@ -5,8 +5,6 @@ Both apply a unit lower-triangular matrix ``L``: ``z -> L z``, ``det L = 1``, lo
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,19 +86,6 @@ class LinearIAF(_UnitLowerTriangular):
         return _unit_lower(self.matrix)
 
 
-# the forward pass multiplies by one-hot [D, D(D-1)/2] matrices up to this D (4 MB each at 128)
-_ONE_HOT_MAX_DIM = 128
-
-
-@functools.lru_cache(maxsize=16)
-def _tril_one_hots(dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(G [D, n], S [n, D])``: ``x @ G = x[cols]`` and ``e @ S`` sums entries into their rows,
-    for the strictly-lower positions ``np.tril_indices(D, -1)`` (``n = D(D-1)/2``)."""
-    rows, cols = np.tril_indices(dim, -1)
-    eye = np.eye(dim, dtype=np.float32)
-    return np.ascontiguousarray(eye[:, cols]), np.ascontiguousarray(eye[rows])
-
-
 class CCLinearIAF(_UnitLowerTriangular):
     """Convex-combination linear IAF: ``L = I + tril(sum_k w_k M_k, -1)``, log-det 0.
 
@@ -109,11 +94,10 @@ class CCLinearIAF(_UnitLowerTriangular):
     :class:`LinearIAF`.
 
     The matrices are held as their strictly-lower entries ``[..., K, D(D-1)/2]`` and mixed
-    there (the same sums, entry by entry, as mixing the full matrices). Up to ``D = 128`` the
-    forward pass never builds ``L``: ``y = x + ((x G) * e) S`` with the one-hot ``G`` (gather
-    the ``x_j`` of every entry) and ``S`` (sum the products into their rows) -- three small
-    matmuls and their transposes instead of a scatter of ``[..., K, D, D]`` matrices, which
-    XLA:CPU runs as a loop (timings: ``benchmarks/README.md``).
+    there (the same sums, entry by entry, as mixing the full matrices); ``L`` is filled once
+    from the mixed entries. An amortized ccLinIAF (:meth:`from_entries`) thus never scatters
+    ``K`` full matrices per example, which XLA:CPU runs as a loop (timings:
+    ``benchmarks/README.md``).
 
     Args:
       matrices: ``[..., K, D, D]``; only the strictly-lower parts are used (or build from
@@ -206,13 +190,3 @@ class CCLinearIAF(_UnitLowerTriangular):
     def lower_matrix(self) -> Array:
         """``I + tril(sum_k w_k M_k, -1)``: ``[..., D, D]``."""
         return _unit_lower(fill_strictly_lower(self.mixed_entries(), self.dim))
-
-    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
-        """``x: [..., D]`` -> ``(L x: [..., D], zeros [...])``."""
-        if self.dim > _ONE_HOT_MAX_DIM:
-            return super().forward_and_log_det(x)
-        batch = self._check_input(x)
-        g, s = (jnp.asarray(a, jnp.result_type(x, self.entries)) for a in
-                _tril_one_hots(self.dim))
-        y = x + ((x @ g) * self.mixed_entries()) @ s
-        return y, self._zeros_log_det(y, batch)

@@ -107,7 +107,7 @@ def test_cc_linear_iaf_from_entries_is_the_dense_transform(dim):
     np.testing.assert_allclose(y, jnp.einsum("bij,bj->bi", dense, x), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(ld, np.zeros(batch))
     np.testing.assert_allclose(b.inverse(y), x, rtol=1e-4, atol=1e-4)
-    # one example's Jacobian is its matrix (also through the gradient of the matmul path)
+    # one example's Jacobian is its matrix
     jac = jax.jacfwd(lambda v: CCLinearIAF.from_entries(
         mats[0][..., rows, cols], dim,
         logits=logits[0]).forward(v))(x[0])

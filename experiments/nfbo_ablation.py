@@ -23,7 +23,6 @@ best_so_far_per_call}``.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shlex
@@ -34,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from nfbo_guacamol import curve  # noqa: E402
+from nfbo_guacamol import curve, finished_summary, read_record, record_path  # noqa: E402
 
 from jaxflows.errors import UserError  # noqa: E402
 from jaxflows.provenance import git_commit, machine_summary, write_json_atomic  # noqa: E402
@@ -59,24 +58,15 @@ def run_command(task: str, method: str, seed: int, variant: str, workdir: str) -
             + [f"--config.{o}" for o in overrides] + ["--workdir", workdir])
 
 
-def _finished(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        s = json.load(f)
-    return s if s.get("finished") else None
-
-
 def compare(task: str, method: str, seed: int, variant: str, workdir: str, cmd: list[str]):
     """One row: the finished variant run against the table's record of the same run."""
-    s = _finished(workdir)
-    rec_path = os.path.join(TABLE_RUNS, task, f"{method}_s{seed}.json.gz")
-    if not os.path.exists(rec_path):
+    s = finished_summary(workdir)
+    rec_path = record_path(TABLE_RUNS, task, method, seed)
+    record = read_record(rec_path)
+    if record is None:
         raise UserError(f"the main table has no record of {task} {method} seed {seed} "
                         f"({rec_path}); run experiments/nfbo_guacamol.py first")
-    with gzip.open(rec_path, "rt") as f:
-        table = json.load(f)["summary"]
+    table = record["summary"]
     if s["model"]["fingerprint"] != table["model"]["fingerprint"]:
         raise UserError(f"{workdir} used SeqFlow {s['model']['fingerprint']}, the table "
                         f"{table['model']['fingerprint']}: not comparable")
@@ -111,10 +101,10 @@ def main(argv=None) -> int:
         for seed in [int(x) for x in a.seeds.split(",")]:
             wd = os.path.join(a.runs_dir, f"{a.task}_{method}_{tag}_s{seed}")
             cmd = run_command(a.task, method, seed, a.variant, wd)
-            if _finished(wd) is None and not a.collect_only:
+            if finished_summary(wd) is None and not a.collect_only:
                 print("+", shlex.join(cmd), flush=True)
                 subprocess.run([sys.executable, "-m", "jaxflows.cli"] + cmd[1:], check=True)
-            if _finished(wd) is None:
+            if finished_summary(wd) is None:
                 print(f"skipped (not finished): {wd}")
                 continue
             rows.append(compare(a.task, method, seed, a.variant, wd, cmd))

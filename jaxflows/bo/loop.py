@@ -127,7 +127,6 @@ class BORun:
         self.counter = CompileCounter().__enter__()
         self._stepped = False
         self._times: dict[str, float] = {}
-        self._anchors: np.ndarray | None = None   # this iteration's anchor indices
         try:
             self._setup()
         except BaseException:
@@ -272,12 +271,13 @@ class BORun:
                                             num_steps=c.gp.init_steps)
         return x, y
 
-    def _propose(self, it: int) -> np.ndarray:
-        """Latents to decode this iteration: ``[N_TR * q, D]``."""
+    def _propose(self, it: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Latents to decode this iteration ``[N_TR * q, D]`` (anchor-major: ``q`` per anchor)
+        and the anchors' data indices ``[N_TR]`` (None for ``random``)."""
         s, c = self.state, self.config
         if self.method == "random":
             with self._timed("prior"):
-                return self.ops.prior_sample(st.jax_key(self.seed, it, "prior"), self.t_q)
+                return self.ops.prior_sample(st.jax_key(self.seed, it, "prior"), self.t_q), None
         with self._timed("gp_fit"):
             x_tr, y_tr = self._fit_gp(it)
             jax.block_until_ready(s.gp_params)
@@ -288,7 +288,6 @@ class BORun:
                                             s.y.astype(np.float32), c.num_anchors,
                                             c.anchor_temperature, valid))
             anchor_tokens = s.tokens[idx]
-            self._anchors = idx
             z_anchor = self.ops.encode(s.flow_params, anchor_tokens)
         with self._timed("tacs"):
             if self.method == "nfbo":
@@ -310,9 +309,9 @@ class BORun:
                 num_features=c.gp.num_features, observation_noise=c.gp.observation_noise,
                 pad_multiple=self.pad)
             points = np.asarray(points, np.float32)
-        return points.reshape(self.t_q, self.dim)
+        return points.reshape(self.t_q, self.dim), idx
 
-    def _evaluate(self, it: int, z: np.ndarray) -> dict:
+    def _evaluate(self, it: int, z: np.ndarray, anchors: np.ndarray | None) -> dict:
         """Decode, filter, call the oracle, add the new molecules; returns counts."""
         s, c = self.state, self.config
         dec = self.ops.decode(s.flow_params, z)
@@ -325,8 +324,8 @@ class BORun:
                 seen.add(can)
                 picks.append((j, can))
         # decodes that reproduce their own anchor molecule (picks are anchor-major: q per anchor)
-        same = (-1 if self._anchors is None else sum(
-            can is not None and can == s.smiles[int(self._anchors[j // c.batch_per_anchor])]
+        same = (-1 if anchors is None else sum(
+            can is not None and can == s.smiles[int(anchors[j // c.batch_per_anchor])]
             for j, can in enumerate(canonical)))
         before = s.oracle.calls
         # the oracle gets the decoded spelling: its canonical form is then exactly ``can``
@@ -373,12 +372,11 @@ class BORun:
         it = s.iteration
         t0, c0 = time.perf_counter(), self.counter.count
         self._times = {}
-        self._anchors = None
         with self._timed("finetune"):
             loss = self._finetune(it)
-        z = self._propose(it)
+        z, anchors = self._propose(it)
         with self._timed("decode_oracle"):
-            out = self._evaluate(it, z)
+            out = self._evaluate(it, z, anchors)
         lines = outputs.history_lines(s.smiles[out["n_old"]:], out["new_scores"],
                                       [it] * out["new"], first_call=out["n_old"] - s.n_init + 1)
         outputs.append_history(self.workdir, lines)
@@ -484,9 +482,10 @@ class BORun:
             "tr_restarts": s.trust.restarts,
             "proposed": int(sum(r["proposed"] for r in recs)),
             "valid_decodes": int(sum(r["valid"] for r in recs)),
-            # decodes equal to their anchor molecule (records before this count: -1, skipped)
-            "decodes_same_as_anchor": int(sum(r.get("same_as_anchor", -1) for r in recs
-                                              if r.get("same_as_anchor", -1) >= 0)),
+            # decodes equal to their anchor molecule, over the records that count them
+            # (None for random, which has no anchors, and for records written before the count)
+            "decodes_same_as_anchor": (sum(same) if (same := [
+                r["same_as_anchor"] for r in recs if r.get("same_as_anchor", -1) >= 0]) else None),
             "model": {"seqflow_workdir": (os.path.basename(os.path.normpath(c.seqflow_workdir))
                                           if c.seqflow_workdir else "tiny random SeqFlow"),
                       "fingerprint": self.flow_fingerprint,

@@ -257,9 +257,18 @@ def test_iteration_counts_decodes_equal_to_their_anchor(tmp_path):
         real = run.ops.decode
 
         def decode_the_anchors(params, z):        # every pick decodes to its own anchor
-            a = run._anchors.repeat(run.config.batch_per_anchor)
+            a = anchors[-1].repeat(run.config.batch_per_anchor)
             return real(params, run.ops.encode(params, run.state.tokens[a]))
 
+        anchors = []
+        propose = run._propose
+
+        def propose_and_keep_anchors(it):
+            z, idx = propose(it)
+            anchors.append(idx)
+            return z, idx
+
+        run._propose = propose_and_keep_anchors
         run.ops.decode = decode_the_anchors
         summary = run.run(stop_after=1)
         rec = run.state.records[-1]

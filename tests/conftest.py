@@ -23,7 +23,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
 import pytest  # noqa: E402
+
+if os.environ.get("JAXFLOWS_TEST_REPLICA_PARALLEL", "0") != "1":
+    # Orbax's replica-parallel save cuts every replicated array into per-device slices with
+    # eager jax ops: on 8 fake CPU devices each first save of a model costs seconds of slice
+    # dispatch and compilation (~5 s for a smoke STARFlow). The tests save each array from
+    # one replica instead (the layout on disk is the same; Orbax does this by default on GPU).
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

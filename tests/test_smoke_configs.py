@@ -47,10 +47,11 @@ def data_dir(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=[os.path.basename(s) for s in SPECS])
 def test_smoke_row_trains(spec, data_dir, tmp_path):
-    # 60 steps keep the suite short; the rows themselves train longer (< 60 s each)
+    # 60 steps of batch 16 keep the suite short; the rows themselves train longer (< 60 s each)
     config = load_config(spec, [f"--config.data.data_dir={data_dir}",
                                 "--config.train.progress_bar=false",
-                                "--config.train.num_steps=60"])
+                                "--config.train.num_steps=60", "--config.train.batch_size=16",
+                                "--config.train.checkpoint_every_secs=600"])
     assert DATASETS[config.data.name].embedded or config.data.name == "moses_selfies", \
         "smoke rows run on embedded data (or the MOSES fixture)"
     result = train(config, str(tmp_path))

@@ -213,6 +213,23 @@ def sem(x) -> float | None:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else None
 
 
+def proposal_fractions(runs: list[dict]) -> dict:
+    """Where the proposals went, pooled over ``runs``: ``new_per_proposal`` is oracle calls
+    (unique new molecules) / decoded proposals; ``same_as_anchor_fraction`` the decodes equal
+    to their own anchor molecule / proposals, over the runs that counted them (run records from
+    before the counter have None; so does the field with no such run)."""
+    proposed = [r.get("proposed") for r in runs]
+    have = [r for r, n in zip(runs, proposed, strict=True) if n]
+    counted = [r for r in have if r.get("decodes_same_as_anchor") is not None]
+    return {
+        "new_per_proposal": (sum(r["calls"] for r in have) / sum(r["proposed"] for r in have)
+                             if have else None),
+        "same_as_anchor_fraction": (sum(r["decodes_same_as_anchor"] for r in counted)
+                                    / sum(r["proposed"] for r in counted) if counted else None),
+        "same_as_anchor_seeds": [r["seed"] for r in counted if "seed" in r],
+    }
+
+
 def aggregate(tasks, methods, seeds, summaries: dict, curves: dict) -> tuple:
     """``(rows, curve_table)`` of the results file (module docstring)."""
     rows, table = [], {}
@@ -248,6 +265,7 @@ def aggregate(tasks, methods, seeds, summaries: dict, curves: dict) -> tuple:
                 "initial_best": float(runs[0]["initial"]["best"]),
                 "compiles_later_iterations_max": int(max(
                     r["compile_counts"]["later_iterations"] for r in runs)),
+                **proposal_fractions(runs),
             })
             c = np.stack([curves[(task, method, s)] for s in done])
             step = max(1, c.shape[1] // MAX_CURVE_POINTS)

@@ -99,3 +99,15 @@ def test_run_lock_shares_runs_between_drivers(driver, tmp_path):
             assert not second
     with driver.run_lock(workdir) as again:
         assert again
+
+
+def test_proposal_fractions_pool_the_runs_that_counted(driver):
+    runs = [{"seed": 0, "calls": 500, "proposed": 2000, "decodes_same_as_anchor": None},
+            {"seed": 1, "calls": 500, "proposed": 1000, "decodes_same_as_anchor": 600},
+            {"seed": 2, "calls": 500, "proposed": 3000, "decodes_same_as_anchor": 900}]
+    out = driver.proposal_fractions(runs)
+    assert out["new_per_proposal"] == pytest.approx(1500 / 6000)
+    assert out["same_as_anchor_fraction"] == pytest.approx(1500 / 4000)  # seeds 1 and 2 only
+    assert out["same_as_anchor_seeds"] == [1, 2]
+    assert driver.proposal_fractions([{"calls": 5}]) == {
+        "new_per_proposal": None, "same_as_anchor_fraction": None, "same_as_anchor_seeds": []}

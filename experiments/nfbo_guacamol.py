@@ -218,8 +218,7 @@ def proposal_fractions(runs: list[dict]) -> dict:
     (unique new molecules) / decoded proposals; ``same_as_anchor_fraction`` the decodes equal
     to their own anchor molecule / proposals, over the runs that counted them (run records from
     before the counter have None; so does the field with no such run)."""
-    proposed = [r.get("proposed") for r in runs]
-    have = [r for r, n in zip(runs, proposed, strict=True) if n]
+    have = [r for r in runs if r.get("proposed")]
     counted = [r for r in have if r.get("decodes_same_as_anchor") is not None]
     return {
         "new_per_proposal": (sum(r["calls"] for r in have) / sum(r["proposed"] for r in have)

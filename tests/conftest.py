@@ -13,6 +13,7 @@ about 50x slower, so the models built on convolutions compile their steps at the
 ``jax.jit`` (``jaxflows.train.xla_options.full_backend_optimization``).
 """
 
+import logging
 import os
 
 _flags = [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
@@ -31,8 +32,14 @@ if os.environ.get("JAXFLOWS_TEST_REPLICA_PARALLEL", "0") != "1":
     # eager jax ops: on 8 fake CPU devices each first save of a model costs seconds of slice
     # dispatch and compilation (~5 s for a smoke STARFlow). The tests save each array from
     # one replica instead (the layout on disk is the same; Orbax does this by default on GPU).
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    _absl = logging.getLogger("absl")  # silence Orbax's "overriding jax.Array" warning
+    _level = _absl.level
+    _absl.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+        _absl.setLevel(_level)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -225,7 +225,7 @@ def proposal_fractions(runs: list[dict]) -> dict:
                              if have else None),
         "same_as_anchor_fraction": (sum(r["decodes_same_as_anchor"] for r in counted)
                                     / sum(r["proposed"] for r in counted) if counted else None),
-        "same_as_anchor_seeds": [r["seed"] for r in counted if "seed" in r],
+        "same_as_anchor_seeds": [r["seed"] for r in counted],
     }
 
 

@@ -180,3 +180,24 @@ def test_digits_from_npz(tmp_path):
     np.testing.assert_array_equal(
         src[3]["image"][..., 0], digits_builder.digits_to_uint8(images[ids[3]])
     )
+
+
+def test_preparing_leaves_nothing_in_the_system_temp_dir(tmp_path, monkeypatch):
+    """TFDS's bucket lookup made (and kept) an empty ``tmp*tfds`` directory in the system temp
+    dir for every builder of a dataset not prepared yet; the offline builders skip it."""
+    import tempfile
+
+    from jaxflows.data.builders._base import OfflineDatasetInfo
+
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    path = tmp_path / "digits.npz"
+    np.savez(path, images=np.arange(450 * 64).reshape(450, 8, 8) % 17,
+             target=np.arange(450) % 10)
+    data_dir = str(tmp_path / "data")
+    builder = digits_builder.JaxflowsDigits(data_dir=data_dir, source_path=str(path))
+    assert isinstance(builder.info, OfflineDatasetInfo)
+    assert builder.info.description  # the builder's metadata still reaches the info
+    prepare("digits", data_dir, source_path=str(path))
+    assert sorted(os.listdir(systmp)) == []

@@ -168,10 +168,16 @@ def test_digits(digits_dir):
     assert digits_builder.digits_to_uint8(np.array([0, 8, 16])).tolist() == [0, 128, 255]
 
 
-def test_digits_from_npz(tmp_path):
+def _digits_npz(tmp_path):
+    """A 450-image digits ``.npz`` (values 0..16) under ``tmp_path``: ``(path, images)``."""
     images = np.arange(450 * 64).reshape(450, 8, 8) % 17
     path = tmp_path / "digits.npz"
     np.savez(path, images=images, target=np.arange(450) % 10)
+    return path, images
+
+
+def test_digits_from_npz(tmp_path):
+    path, images = _digits_npz(tmp_path)
     data_dir = str(tmp_path / "data")
     sizes = prepare("digits", data_dir, source_path=str(path))
     assert sizes == {"train": 50, "validation": 200, "test": 200}
@@ -192,9 +198,7 @@ def test_preparing_leaves_nothing_in_the_system_temp_dir(tmp_path, monkeypatch):
     systmp = tmp_path / "systmp"
     systmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(systmp))
-    path = tmp_path / "digits.npz"
-    np.savez(path, images=np.arange(450 * 64).reshape(450, 8, 8) % 17,
-             target=np.arange(450) % 10)
+    path, _ = _digits_npz(tmp_path)
     data_dir = str(tmp_path / "data")
     builder = digits_builder.JaxflowsDigits(data_dir=data_dir, source_path=str(path))
     assert isinstance(builder.info, OfflineDatasetInfo)

@@ -122,6 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--torch_compile", default="",
                     help="'' = eager (official default); else a torch.compile mode of the "
                          "official loss, e.g. max-autotune (train.py --compile)")
+    ap.add_argument("--host_devices", type=int, default=1,
+                    help="our side on a CPU: split the batch over this many XLA host devices "
+                         "(data parallel, mesh.data = N); 1 = one device")
     ap.add_argument("--seed", type=int, default=0)
     add_load_args(ap)
     ap.add_argument("--worker_timeout", type=float, default=3600.0, help="seconds per round")
@@ -138,7 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--guidances {args.guidances!r}: comma-separated numbers expected")
     if not args.guidance_list or any(g < 0 for g in args.guidance_list):
         ap.error(f"--guidances {args.guidances!r}: at least one weight, all >= 0")
-    for key in ("rounds", "steps", "sample_batch", "sample_reps"):
+    for key in ("rounds", "steps", "sample_batch", "sample_reps", "host_devices"):
         if getattr(args, key) < 1:
             ap.error(f"--{key} must be >= 1")
     if args.warmup < 1:
@@ -221,9 +224,25 @@ def official_provenance(path: str) -> dict:
 # our side
 
 
-def our_config(cfg: BenchConfig, dtype: str):
+def set_host_devices(n: int) -> None:
+    """Asks XLA for ``n`` CPU devices (``--xla_force_host_platform_device_count``); must run
+    before jax starts its backends, so it refuses once jax has a different device count."""
+    flag = f"--xla_force_host_platform_device_count={n}"
+    if "jax" in sys.modules:
+        import jax
+
+        if jax.device_count() != n:
+            raise SystemExit(f"--host_devices {n}: jax is already running with "
+                             f"{jax.device_count()} devices; start a fresh process")
+        return
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    os.environ["XLA_FLAGS"] = " ".join([*flags, flag])
+
+
+def our_config(cfg: BenchConfig, dtype: str, devices: int = 1):
     """Our engine config: ml-tarflow's recipe (the notebook row's optimiser, AdamW 0.9/0.95,
-    weight decay 1e-4) at a constant lr 1e-4 on one device, model ``cfg``."""
+    weight decay 1e-4) at a constant lr 1e-4, data parallel over ``devices``, model ``cfg``."""
     from jaxflows.models.tarflow_config import default_model_config
     from jaxflows.train.config_loader import load_config_file
 
@@ -241,7 +260,7 @@ def our_config(cfg: BenchConfig, dtype: str):
         layers_per_block=cfg.layers_per_block, head_dim=64, num_classes=cfg.num_classes,
         drop_label=0.0, noise_type="gaussian", noise_std=cfg.noise_std)
     c.dtype = dtype
-    c.mesh.data = 1
+    c.mesh.data = devices
     c.optim.name = "adamw"
     c.optim.b1, c.optim.b2 = BETAS
     c.optim.weight_decay = WEIGHT_DECAY
@@ -279,7 +298,7 @@ class OursBench:
         from jaxflows.train.task import DataInfo
 
         self.cfg, self.args = cfg, args
-        config = our_config(cfg, args.dtype)
+        config = our_config(cfg, args.dtype, args.host_devices)
         local = {"image": data["images"]}
         if cfg.num_classes:
             local["label"] = data["labels"]
@@ -393,8 +412,11 @@ def markdown(result: dict) -> str:
             "| train ex/s ours | official | ours/off. "
             + "".join(f"| sampling g={g:g} img/s ours | official | ours/off. " for g in gs) + "|")
     lines = [
-        f"Ours: jaxflows (jax {result['machine'].get('jax', '?')}, engine train step, jitted "
-        f"KV-cache sampler); official: apple/ml-tarflow (torch {result.get('torch', '?')}, "
+        f"Ours: jaxflows (jax {result['machine'].get('jax', '?')}, engine train step"
+        + (f" data parallel over {hd} host devices" if (hd := result["settings"].get(
+            "host_devices", 1)) > 1 else "")
+        + ", jitted KV-cache sampler); official: apple/ml-tarflow "
+        f"(torch {result.get('torch', '?')}, "
         f"{result['official_settings']['step']}, device {result['official_settings']['device']})"
         f". dtype {result['settings']['dtype']}; batch per config; sampling "
         f"{result['settings']['sample_batch']} images; medians of "
@@ -471,6 +493,8 @@ def main(argv=None) -> dict | None:
         sys.exit(f"tarflow_vs_official: no transformer_flow.py in --official {args.official}")
     # on a GPU both sides share the device: ours must not preallocate the usual 75%
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
+    if args.host_devices > 1:
+        set_host_devices(args.host_devices)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # engine_step
     import jax
 
@@ -530,7 +554,8 @@ def main(argv=None) -> dict | None:
         "settings": {"dtype": args.dtype, "steps": args.steps, "warmup": args.warmup,
                      "sample_batch": args.sample_batch, "sample_reps": args.sample_reps,
                      "guidances": args.guidance_list, "rounds": args.rounds,
-                     "seed": args.seed, "lr": LR, "betas": list(BETAS),
+                     "host_devices": args.host_devices, "seed": args.seed, "lr": LR,
+                     "betas": list(BETAS),
                      "weight_decay": WEIGHT_DECAY, "forced": bool(args.force),
                      "max_load": args.max_load},
         "official_settings": {"device": device, "step": official_step,

@@ -42,8 +42,23 @@ def test_parse_args_defaults_and_lists(bench):
     assert (a.steps, a.rounds, a.sample_batch) == (2, 1, 4)
 
 
+def test_host_devices_option(bench):
+    """``--host_devices N`` splits our batch over N XLA host devices (mesh.data = N); a
+    process whose jax already runs with another device count is refused, not mis-measured."""
+    import jax
+
+    assert bench.parse_args(REQUIRED).host_devices == 1
+    assert bench.parse_args(REQUIRED + ["--host_devices", "2"]).host_devices == 2
+    assert bench.our_config(bench.CONFIGS["mnist"], "float32", 2).mesh.data == 2
+    assert bench.our_config(bench.CONFIGS["small16"], "float32").mesh.data == 1
+    n = jax.device_count()
+    bench.set_host_devices(n)  # the count jax already has: nothing to do
+    with pytest.raises(SystemExit, match="already running"):
+        bench.set_host_devices(n + 1)
+
+
 @pytest.mark.parametrize("extra", [["--configs", "cifar"], ["--guidances", "x"],
-                                   ["--rounds", "0"], ["--warmup", "0"],
+                                   ["--rounds", "0"], ["--warmup", "0"], ["--host_devices", "0"],
                                    ["--torch_device", "tpu"]])
 def test_parse_args_rejects(bench, extra, capsys):
     with pytest.raises(SystemExit):
@@ -137,6 +152,9 @@ def test_results_json_and_table_from_a_fake_worker(bench, tmp_path):
     assert "3,227,776 / 3,227,776" in table
     assert "7.5 s (target < 10 s: met)" in table
     assert "load average 0.30 at the start, 0.50 at the end" in table
+    assert "host devices" not in table  # one device: the older layout
+    two = bench.markdown({**result, "settings": {**result["settings"], "host_devices": 2}})
+    assert "engine train step data parallel over 2 host devices" in two
     path = tmp_path / "sub" / "r.json"
     bench.write_results(str(path), {**result, "table": table})
     back = json.loads(path.read_text())

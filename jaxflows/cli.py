@@ -45,7 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--data_dir", default=None,
                       help="default: $JAXFLOWS_DATA_DIR or ~/.cache/jaxflows/datasets")
 
+    def cpu_devices(sp):
+        sp.add_argument("--cpu_devices", type=int, default=None, metavar="N",
+                        help="on a CPU: split it into N XLA devices, so a config with "
+                             "mesh.data=-1 runs data parallel over them (e.g. N = cores)")
+
     def multihost(sp):
+        cpu_devices(sp)
         g = sp.add_argument_group("multi-host")
         g.add_argument("--coordinator_address", default=None, help="host:port of process 0")
         g.add_argument("--num_processes", type=int, default=None)
@@ -91,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                           epilog="extra flags --config.KEY=VALUE override config keys")
     info.add_argument("--config", required=True)
     info.add_argument("--no_compile", action="store_true", help="skip the memory analysis")
+    cpu_devices(info)
 
     bo = sub.add_parser("bo", help="NF-BO loop on a Guacamol task (resumes from WORKDIR)",
                         epilog="extra flags --config.KEY=VALUE override config keys, e.g. "
@@ -241,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "cpu_devices", None) is not None:
+            from jaxflows.train.mesh import use_cpu_devices
+
+            use_cpu_devices(args.cpu_devices)
         if args.command == "data":
             _cmd_data(args)
         elif args.command == "train":

@@ -104,3 +104,17 @@ def test_info_matches_official_tarflow_size_without_the_dataset(tmp_path):
     assert out.returncode == 0, out.stderr
     params = int(next(ln for ln in out.stdout.splitlines() if ln.startswith("params: "))[8:])
     assert abs(params - 460e6) / 460e6 < 0.01  # official 2-768-8-8 ImageNet-64: about 460M
+
+
+def test_cpu_devices_splits_the_cpu_for_data_parallel_runs(tmp_path):
+    """``--cpu_devices N`` gives jax N CPU devices before it starts (it wins over the XLA flag
+    the test sets), so ``mesh.data = -1`` becomes N; bad counts are one clear line."""
+    out = _cli("info", "--config", f"{TOY}:default", "--no_compile", "--cpu_devices", "2",
+               data_dir=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "'data': 2" in out.stdout, out.stdout
+    out = _cli("info", "--config", f"{TOY}:default", "--no_compile", data_dir=tmp_path)
+    assert "'data': 1" in out.stdout, out.stdout
+    line = _one_error_line(_cli("info", "--config", f"{TOY}:default", "--no_compile",
+                                "--cpu_devices", "0", data_dir=tmp_path))
+    assert line == "error: cpu_devices must be >= 1, got 0"

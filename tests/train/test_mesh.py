@@ -1,8 +1,10 @@
 """Logical-name sharding rules resolve to mesh axes, skipping axes that do not divide."""
 
 import jax
+import pytest
 from jax.sharding import PartitionSpec as P
 
+from jaxflows.errors import ConfigError
 from jaxflows.train import mesh as mesh_lib
 from jaxflows.train.config import base_config
 
@@ -30,3 +32,12 @@ def test_logical_to_spec():
     assert mesh_lib.logical_to_spec(("layers", None), (4, 4), m, RULES) == P(None, None)
     # batch maps to a tuple of axes
     assert mesh_lib.logical_to_spec(("batch",), (8,), m, RULES) == P(("data", "fsdp"))
+
+
+def test_use_cpu_devices_after_start_accepts_only_the_current_count():
+    have = len(jax.devices("cpu"))  # the test session's backends are running
+    mesh_lib.use_cpu_devices(have)  # nothing to change
+    with pytest.raises(ConfigError, match=f"already started with {have} CPU device"):
+        mesh_lib.use_cpu_devices(have + 1)
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        mesh_lib.use_cpu_devices(0)

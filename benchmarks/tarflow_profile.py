@@ -19,7 +19,10 @@ Variants (each switches one change back off; ``current`` is the library as it is
 * ``jax_gelu``: ``jax.nn.gelu(approximate=False)`` instead of :func:`jaxflows.nn.activations.
   gelu_erf` (reverse mode recomputes ``erf`` and an ``exp`` in the backward pass);
 * ``no_hoist``: sampling with the stacked weights sliced inside the per-token loop (no
-  :func:`jaxflows.nn.transformer.unstack_layer_params`).
+  :func:`jaxflows.nn.transformer.unstack_layer_params`);
+* ``einsum_dense``: the per-token weight matmuls as ``jnp.tensordot`` over ``[B, L, ...]``
+  (the einsum form) instead of :func:`jaxflows.nn.transformer.token_matmul`'s one flattened
+  matmul (XLA:CPU then copies every activation transposed for the weight gradients).
 
 With ``--profile`` it also traces the current ``grad`` (``jax.profiler``, XLA's per-thunk
 TraceMe) and sums the thunk times by kind: matmuls (XNNPACK/YNNPACK dot fusions, XLA dots),
@@ -57,7 +60,7 @@ CONFIGS = {
     "mnist": ((28, 28, 1), 4, 128, 4, 4, 10, 256, 1.0),
     "small16": ((16, 16, 3), 2, 256, 4, 2, 0, 32, 0.5),
 }
-VARIANTS = ("current", "rolled", "jax_gelu", "no_hoist")
+VARIANTS = ("current", "rolled", "jax_gelu", "no_hoist", "einsum_dense")
 
 
 def parse_args(argv=None):
@@ -129,6 +132,7 @@ class _Patched:
 
     def __enter__(self):
         import jax
+        import jax.numpy as jnp
 
         from jaxflows.models import tarflow_sampling as ts
         from jaxflows.nn import transformer
@@ -136,6 +140,15 @@ class _Patched:
         if self.variant == "jax_gelu":
             self.saved.append((transformer, "gelu_erf", transformer.gelu_erf))
             transformer.gelu_erf = lambda v: jax.nn.gelu(v, approximate=False)
+        if self.variant == "einsum_dense":
+            from jaxflows.models import tarflow
+
+            def einsum_dense(x, kernel, n_in=1):
+                return jnp.tensordot(x, kernel, axes=n_in)
+
+            for mod in (transformer, tarflow):
+                self.saved.append((mod, "token_matmul", mod.token_matmul))
+                mod.token_matmul = einsum_dense
         if self.variant == "no_hoist":
             self.saved.append((ts, "hoist_layer_params", ts.hoist_layer_params))
             ts.hoist_layer_params = lambda model, params: params
@@ -250,7 +263,8 @@ def tables(rows: list[dict], profiles: list[dict]) -> str:
     """Markdown: the variants (with the change each one undoes; medians over the rounds) and
     the profiles."""
     undo = {"current": "-", "rolled": "unrolled layer loop, per-layer cache, hoisted weights",
-            "jax_gelu": "one-multiply GELU derivative", "no_hoist": "hoisted weights"}
+            "jax_gelu": "one-multiply GELU derivative", "no_hoist": "hoisted weights",
+            "einsum_dense": "flattened per-token weight matmuls"}
     out = ["| config | variant (change switched off) | grad s | grad ex/s | sample g=0 img/s "
            "| sample g=2 img/s |", "|---|---|---|---|---|---|"]
     fmt = lambda v, f: "-" if v is None else format(v, f)

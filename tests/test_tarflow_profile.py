@@ -45,6 +45,16 @@ def test_variant_switches_are_undone(prof):
     with prof._Patched("no_hoist"):
         assert ts.hoist_layer_params(None, {"a": 1}) == {"a": 1}
     assert transformer.gelu_erf is gelu and ts.hoist_layer_params is hoist
+    from jaxflows.models import tarflow
+
+    matmul = transformer.token_matmul
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))
+    w = jax.random.normal(jax.random.key(1), (4, 5, 6))
+    with prof._Patched("einsum_dense"):
+        assert transformer.token_matmul is not matmul and tarflow.token_matmul is not matmul
+        assert jax.numpy.allclose(transformer.token_matmul(x, w, n_in=2), matmul(x, w, n_in=2),
+                                  atol=1e-5)
+    assert transformer.token_matmul is matmul and tarflow.token_matmul is matmul
 
 
 def test_kinds_and_tables(prof):

@@ -62,7 +62,7 @@ from jaxflows.models import tarflow_sampling as ts
 from jaxflows.nn.norms import rms_norm
 from jaxflows.nn.patches import check_patch_size, patchify
 from jaxflows.nn.rope import rope_table
-from jaxflows.nn.transformer import Transformer, torch_uniform_init
+from jaxflows.nn.transformer import Transformer, token_matmul, torch_uniform_init
 
 Dtype = Any
 
@@ -253,7 +253,7 @@ class MetaBlock(nn.Module):
 
     def _embed(self, inp: jax.Array, start: jax.Array | int, y: jax.Array | None) -> jax.Array:
         """Input rows ``[B, L, D]`` at sequence indices ``start ..`` -> ``[B, L, C]`` float32."""
-        h = inp.astype(jnp.float32) @ self.proj_in_kernel + self.proj_in_bias
+        h = token_matmul(inp.astype(jnp.float32), self.proj_in_kernel) + self.proj_in_bias
         if self.positions == "learned":
             pos = ts.permute_tokens(self.pos_embed[None], self.flip)
             h = h + lax.dynamic_slice_in_dim(pos, jnp.asarray(start, jnp.int32), inp.shape[1],
@@ -265,7 +265,7 @@ class MetaBlock(nn.Module):
         if prefix.ndim != 3 or prefix.shape[1:] != (self.prefix_len, self.prefix_dim):
             raise ValueError(f"prefix of shape {prefix.shape}; this block takes [B, "
                              f"{self.prefix_len}, {self.prefix_dim}]")
-        return prefix.astype(jnp.float32) @ self.proj_txt_kernel + self.proj_txt_bias
+        return token_matmul(prefix.astype(jnp.float32), self.proj_txt_kernel) + self.proj_txt_bias
 
     def _check_prefix(self, prefix: jax.Array | None):
         if self.prefix_len and prefix is None:
@@ -288,7 +288,7 @@ class MetaBlock(nn.Module):
         h = h.astype(jnp.float32)
         if self.final_norm:
             h = rms_norm(h, self.final_norm_scale)
-        out = h @ self.proj_out_kernel + self.proj_out_bias
+        out = token_matmul(h, self.proj_out_kernel) + self.proj_out_bias
         if self.soft_clip > 0:
             out = self.soft_clip * jnp.tanh(out / self.soft_clip)
         if self.nvp:

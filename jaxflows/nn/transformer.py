@@ -139,6 +139,23 @@ def _ln_params(module: nn.Module, prefix: str, width: int) -> tuple[jax.Array, j
     return scale, bias
 
 
+def token_matmul(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
+    """Weights applied to every token: ``x [..., *I] @ kernel [*I, *O] -> [..., *O]``, where
+    ``I`` are the last ``n_in`` axes of ``x``; the leading token axes are flattened into one
+    first, so this is one matmul ``[T, prod(I)] @ [prod(I), prod(O)]`` (as ``jnp.einsum``).
+
+    Why not the einsum over ``[B, L, ...]``: its weight gradient contracts two token axes, and
+    XLA:CPU then materialises a transposed copy of every saved activation (and the incoming
+    gradient) before each weight-gradient matmul; with the token axes flattened the matmul reads
+    them as they are. On the TarFlow benchmark configs this made the gradient faster
+    (``benchmarks/README.md``). Values are those of the einsum (same contraction)."""
+    lead = x.shape[: x.ndim - n_in]
+    flat = x.reshape((-1, *x.shape[x.ndim - n_in:]))
+    axes = tuple(range(1, n_in + 1))
+    y = lax.dot_general(flat, kernel, ((axes, tuple(range(n_in))), ((), ())))
+    return y.reshape((*lead, *kernel.shape[n_in:]))
+
+
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
     """LayerNorm over the last axis, statistics in float32; returns float32 ``x.shape``."""
     x = x.astype(jnp.float32)
@@ -286,7 +303,7 @@ class TransformerLayer(nn.Module):
 
         # --- attention
         y = layer_norm(x, ln1_s, ln1_b, self.ln_eps).astype(dt)
-        qkv = jnp.einsum("blc,cthd->blthd", y, qkv_k.astype(dt)) + qkv_b.astype(dt)
+        qkv = token_matmul(y, qkv_k.astype(dt)) + qkv_b.astype(dt)  # [B, L, 3, H, Dh]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, Dh]
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -318,14 +335,14 @@ class TransformerLayer(nn.Module):
             o = chunked_attention(q, k, v, mask, scale, self.attention_chunk, cache is not None)
         elif mask is not None:
             o = attention(q, k, v, mask, scale, cache is not None)
-        o = jnp.einsum("blhd,hdc->blc", o, proj_k.astype(dt)) + proj_b.astype(dt)
+        o = token_matmul(o, proj_k.astype(dt), n_in=2) + proj_b.astype(dt)
         x = x + o.astype(jnp.float32)
 
         # --- MLP
         y = layer_norm(x, ln2_s, ln2_b, self.ln_eps).astype(dt)
-        y = jnp.einsum("blc,cf->blf", y, fc1_k.astype(dt)) + fc1_b.astype(dt)
+        y = token_matmul(y, fc1_k.astype(dt)) + fc1_b.astype(dt)
         y = gelu_erf(y)
-        y = jnp.einsum("blf,fc->blc", y, fc2_k.astype(dt)) + fc2_b.astype(dt)
+        y = token_matmul(y, fc2_k.astype(dt)) + fc2_b.astype(dt)
         x = x + y.astype(jnp.float32)
         return x, new_cache
 

@@ -179,3 +179,23 @@ def test_remat_keeps_the_full_pass_rolled(setup):
     assert len(rolled) == 1 and rolled[0].params["unroll"] == 1
     unrolled = scans(Transformer(width=C, num_layers=2, head_dim=16))
     assert all(e.params["unroll"] >= 2 for e in unrolled)
+
+
+def test_token_matmul_is_the_einsum_and_keeps_its_gradients():
+    """One flattened matmul over the token axes: the values and both gradients of the einsum
+    it replaces, for one and for two contracted axes (the attention output projection)."""
+    from jaxflows.nn.transformer import token_matmul
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3, 4))
+    w1 = jax.random.normal(jax.random.key(1), (4, 2, 6))
+    w2 = jax.random.normal(jax.random.key(2), (3, 4, 7))
+    cases = [(w1, 1, "blhd,dtc->blhtc"), (w2, 2, "blhd,hdc->blc")]
+    for w, n_in, spec in cases:
+        got = token_matmul(x, w, n_in=n_in)
+        want = jnp.einsum(spec, x, w)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        g_got = jax.grad(lambda a, b, n=n_in: jnp.sum(jnp.sin(token_matmul(a, b, n_in=n))), (0, 1))
+        g_want = jax.grad(lambda a, b, e=spec: jnp.sum(jnp.sin(jnp.einsum(e, a, b))), (0, 1))
+        for a, b in zip(g_got(x, w), g_want(x, w)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -50,7 +50,7 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
 def use_cpu_devices(n: int) -> None:
     """Splits this host's CPU into ``n`` XLA devices (jax's ``jax_num_cpu_devices``), so that a
     config with ``mesh.data = -1`` runs data parallel over them, and sharded configs can be tried
-    on one machine. On a 2-core CPU, two devices ran the TarFlow train step 1.07-1.11x faster
+    on one machine. On a 2-core CPU, two devices ran the TarFlow train step 1.04-1.11x faster
     than one (``benchmarks/README.md``). No effect on a GPU or TPU backend. Must run before
     jax starts its backends (the first jax operation); afterwards it is accepted only if the
     CPU device count already is ``n``."""

@@ -225,19 +225,17 @@ def official_provenance(path: str) -> dict:
 
 
 def set_host_devices(n: int) -> None:
-    """Asks XLA for ``n`` CPU devices (``--xla_force_host_platform_device_count``); must run
-    before jax starts its backends, so it refuses once jax has a different device count."""
-    flag = f"--xla_force_host_platform_device_count={n}"
-    if "jax" in sys.modules:
-        import jax
+    """Asks jax for ``n`` CPU devices (:func:`jaxflows.train.mesh.use_cpu_devices`, as
+    ``jaxflows train --cpu_devices``); must run before jax starts its backends, so it refuses
+    once jax has a different device count."""
+    from jaxflows.errors import ConfigError
+    from jaxflows.train.mesh import use_cpu_devices
 
-        if jax.device_count() != n:
-            raise SystemExit(f"--host_devices {n}: jax is already running with "
-                             f"{jax.device_count()} devices; start a fresh process")
-        return
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    os.environ["XLA_FLAGS"] = " ".join([*flags, flag])
+    try:
+        use_cpu_devices(n)
+    except ConfigError as e:
+        raise SystemExit(f"--host_devices {n}: jax is already running ({e}); start a fresh "
+                         "process") from None
 
 
 def our_config(cfg: BenchConfig, dtype: str, devices: int = 1):

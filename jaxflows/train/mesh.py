@@ -54,13 +54,14 @@ def use_cpu_devices(n: int) -> None:
     than one (``benchmarks/README.md``). No effect on a GPU or TPU backend. Must run before
     jax starts its backends (the first jax operation); afterwards it is accepted only if the
     CPU device count already is ``n``."""
-    if int(n) < 1:
+    n = int(n)
+    if n < 1:
         raise ConfigError(f"cpu_devices must be >= 1, got {n}")
     try:
-        jax.config.update("jax_num_cpu_devices", int(n))
+        jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:
         have = len(jax.devices("cpu"))
-        if have != int(n):
+        if have != n:
             raise ConfigError(
                 f"cpu_devices={n}: jax already started with {have} CPU device(s); set it "
                 "before any jax operation (or pass --cpu_devices on the command line)"

@@ -313,6 +313,8 @@ def main(argv=None) -> int:
 
     from jaxflows.provenance import git_commit, machine_info, recorded_command, write_json_atomic
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+
     t0 = time.time()
     rows = []
     for name in args.config_names:
@@ -321,8 +323,9 @@ def main(argv=None) -> int:
     md = table(rows)
     print(md)
     out = {
-        "command": recorded_command("benchmarks/tarflow_matmul_floor.py",
-                                    argv if argv is not None else sys.argv[1:], str(ROOT)),
+        "command": recorded_command("benchmarks/tarflow_matmul_floor.py", argv, str(ROOT),
+                                    {"--official": "ML_TARFLOW_DIR",
+                                     "--torch_python": "TORCH_PYTHON"}),
         "git_commit": git_commit(), "machine": machine_info(), "jax": jax.__version__,
         "load_average_1m": {"start": load, "end": os.getloadavg()[0]},
         "wall_time_s": time.time() - t0, "target_ratio": TARGET_RATIO,
@@ -330,6 +333,10 @@ def main(argv=None) -> int:
                      "official": bool(args.official)},
         "rows": rows, "table": md,
     }
+    if args.official:
+        import tarflow_vs_official
+
+        out["official"] = tarflow_vs_official.official_provenance(args.official)
     write_json_atomic(args.out, out)
     print(f"wrote {args.out}")
     return 0

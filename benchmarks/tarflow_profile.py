@@ -22,10 +22,7 @@ Variants (each switches one change back off; ``current`` is the library as it is
   :func:`jaxflows.nn.transformer.unstack_layer_params`);
 * ``einsum_dense``: the per-token weight matmuls as ``jnp.tensordot`` over ``[B, L, ...]``
   (the einsum form) instead of :func:`jaxflows.nn.transformer.token_matmul`'s one flattened
-  matmul (XLA:CPU then copies every activation transposed for the weight gradients);
-* ``no_token_unroll``: sampling with one token step per iteration of the sequential loop
-  (``SampleOptions.token_unroll=1``) instead of :data:`jaxflows.models.tarflow_sampling.
-  TOKEN_UNROLL`.
+  matmul (XLA:CPU then copies every activation transposed for the weight gradients).
 
 With ``--profile`` it also traces the current ``grad`` (``jax.profiler``, XLA's per-thunk
 TraceMe) and sums the thunk times by kind: matmuls (XNNPACK/YNNPACK dot fusions, XLA dots),
@@ -63,7 +60,7 @@ CONFIGS = {
     "mnist": ((28, 28, 1), 4, 128, 4, 4, 10, 256, 1.0),
     "small16": ((16, 16, 3), 2, 256, 4, 2, 0, 32, 0.5),
 }
-VARIANTS = ("current", "rolled", "jax_gelu", "no_hoist", "einsum_dense", "no_token_unroll")
+VARIANTS = ("current", "rolled", "jax_gelu", "no_hoist", "einsum_dense")
 
 
 def parse_args(argv=None):
@@ -173,7 +170,7 @@ def measure(name: str, variant: str, args) -> dict:
     model, params, x, y, z, ys, temp = _setup(name, variant, args.sample_batch)
     row = {"config": name, "variant": variant}
     with _Patched(variant):
-        if variant not in ("no_hoist", "no_token_unroll"):
+        if variant != "no_hoist":
             def loss(p):
                 zz, logdet = model.apply({"params": p}, x, y)
                 return 0.5 * jnp.mean(jnp.square(zz)) - jnp.mean(logdet)
@@ -186,9 +183,7 @@ def measure(name: str, variant: str, args) -> dict:
             row["grad_examples_per_s"] = x.shape[0] / row["grad_s"]
         if variant != "jax_gelu":
             for g in (0.0, 2.0):
-                opts = ts.SampleOptions(guidance=g, annealed=False, attn_temp=temp,
-                                        token_unroll=(1 if variant == "no_token_unroll"
-                                                      else ts.TOKEN_UNROLL))
+                opts = ts.SampleOptions(guidance=g, annealed=False, attn_temp=temp)
                 fn = jax.jit(lambda p, z, y, opts=opts: ts.sample_tokens(model, p, z, y, opts))
                 sec = _median_time(lambda fn=fn: fn(params, z, ys), args.reps)
                 row[f"sample_g{g:g}_images_per_s"] = args.sample_batch / sec
@@ -269,8 +264,7 @@ def tables(rows: list[dict], profiles: list[dict]) -> str:
     the profiles."""
     undo = {"current": "-", "rolled": "unrolled layer loop, per-layer cache, hoisted weights",
             "jax_gelu": "one-multiply GELU derivative", "no_hoist": "hoisted weights",
-            "einsum_dense": "flattened per-token weight matmuls",
-            "no_token_unroll": "token steps unrolled in the sampling loop"}
+            "einsum_dense": "flattened per-token weight matmuls"}
     out = ["| config | variant (change switched off) | grad s | grad ex/s | sample g=0 img/s "
            "| sample g=2 img/s |", "|---|---|---|---|---|---|"]
     fmt = lambda v, f: "-" if v is None else format(v, f)

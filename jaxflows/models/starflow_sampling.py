@@ -65,8 +65,6 @@ class SampleOptions:
       jacobi_chunk: 0 = sequential; ``L > 0`` = block-wise Jacobi (``L`` divides ``N``).
       jacobi_max_iters: iteration cap per chunk.
       jacobi_tol: relative change below which a chunk stops.
-      token_unroll: token steps per iteration of the sequential loop (see
-        :func:`jaxflows.models.tarflow_sampling.invert_block`).
     """
 
     guidance: float = 0.0
@@ -75,7 +73,6 @@ class SampleOptions:
     jacobi_chunk: int = 0
     jacobi_max_iters: int = 32
     jacobi_tol: float = 1e-3
-    token_unroll: int = ts.TOKEN_UNROLL
 
     def check(self) -> None:
         """Raises :class:`ConfigError` for bad values."""
@@ -85,8 +82,6 @@ class SampleOptions:
             raise ConfigError(f"guidance={self.guidance} must be >= 0")
         if self.jacobi_chunk < 0 or self.jacobi_max_iters < 1 or self.jacobi_tol < 0:
             raise ConfigError("jacobi_chunk must be >= 0, jacobi_max_iters >= 1, jacobi_tol >= 0")
-        if self.token_unroll < 1:
-            raise ConfigError(f"token_unroll={self.token_unroll} must be >= 1")
 
 
 def gaussian_guidance(
@@ -167,8 +162,7 @@ def reverse_block(
     steps = n if model.shift == "sos" else n - 1
     xp = ts.invert_block(step, _combiner(model, opts, guided, steps),
                          ts.permute_tokens(x.astype(jnp.float32), flip), cache, sos, guided,
-                         opts.jacobi_chunk, opts.jacobi_max_iters, opts.jacobi_tol,
-                         opts.token_unroll)
+                         opts.jacobi_chunk, opts.jacobi_max_iters, opts.jacobi_tol)
     return ts.permute_tokens(xp, flip)
 
 

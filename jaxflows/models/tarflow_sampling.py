@@ -43,9 +43,6 @@ from jax import lax
 
 from jaxflows.nn.transformer import init_cache, unstack_layer_params
 
-#: default token steps per iteration of the sequential sampling loop (``SampleOptions``)
-TOKEN_UNROLL = 2
-
 
 def permute_tokens(x: jax.Array, flip: bool) -> jax.Array:
     """A block's token order: identity, or reversed (``flip``) along axis 1 of ``[B, N, ...]``."""
@@ -64,8 +61,6 @@ class SampleOptions:
         (``L`` must divide ``N``).
       jacobi_max_iters: iteration cap per chunk (``L`` iterations are always exact).
       jacobi_tol: relative change below which a chunk stops iterating.
-      token_unroll: token steps per iteration of the sequential loop (see
-        :func:`invert_block`).
     """
 
     guidance: float = 0.0
@@ -74,7 +69,6 @@ class SampleOptions:
     jacobi_chunk: int = 0
     jacobi_max_iters: int = 32
     jacobi_tol: float = 1e-6
-    token_unroll: int = TOKEN_UNROLL
 
 
 def apply_block(model, params, t: int, name: str) -> Callable:
@@ -132,7 +126,6 @@ def invert_block(
     jacobi_chunk: int = 0,
     jacobi_max_iters: int = 32,
     jacobi_tol: float = 1e-6,
-    token_unroll: int = 1,
 ) -> jax.Array:
     """Inverts one autoregressive flow block in its own token order (shared by TarFlow and
     STARFlow): ``zp: [B, N, D]`` (noise side) -> ``xp: [B, N, D]`` (data side).
@@ -155,8 +148,6 @@ def invert_block(
         over chunks of ``L`` input rows (``L`` must divide ``N``), the noise as the first guess,
         iterating until ``mean((new-old)^2) / mean(new^2) <= jacobi_tol`` or
         ``jacobi_max_iters`` iterations.
-      token_unroll: token steps per iteration of the sequential loop (``lax.scan``'s
-        ``unroll``; the same steps, less loop overhead per token).
     """
     b, n, d = zp.shape
     dup = _double if doubled else (lambda v: v)
@@ -181,8 +172,7 @@ def invert_block(
             xc = lax.dynamic_update_slice_in_dim(xc, znext * sigma + mu, i + 1, axis=1)
             return (xc, cache), None
 
-        (buf, _), _ = lax.scan(body, (buf, cache), jnp.arange(steps),
-                               unroll=max(1, min(int(token_unroll), steps)))
+        (buf, _), _ = lax.scan(body, (buf, cache), jnp.arange(steps))
         return result(buf)
 
     chunk = jacobi_chunk
@@ -238,8 +228,7 @@ def reverse_block(
         return jnp.exp(a), bsh
 
     xp = invert_block(step, combine, permute_tokens(x, flip), cache, None, opts.guidance != 0,
-                      opts.jacobi_chunk, opts.jacobi_max_iters, opts.jacobi_tol,
-                      opts.token_unroll)
+                      opts.jacobi_chunk, opts.jacobi_max_iters, opts.jacobi_tol)
     return permute_tokens(xp, flip)
 
 

@@ -76,8 +76,6 @@ def _null(m, cond):
     ("sos_labels", ss.SampleOptions(guidance=2.0)),
     ("sos_labels", ss.SampleOptions(guidance=1.5, rule="linear", annealed=True)),
     ("output_text", ss.SampleOptions(guidance=2.0)),
-    ("sos_labels", ss.SampleOptions(guidance=2.0, token_unroll=1)),
-    ("sos_labels", ss.SampleOptions(guidance=2.0, token_unroll=5)),
 ])
 def test_kv_cache_sampler_equals_recompute(name, opts):
     m, p, cond = _setup(name)
@@ -142,8 +140,6 @@ def test_sampler_errors():
         ss.sample_tokens(m, p, z, cond, opts=ss.SampleOptions(guidance=1.0))
     with pytest.raises(ConfigError, match="rule"):
         ss.sample_tokens(m, p, z, cond, opts=ss.SampleOptions(rule="cfg"))
-    with pytest.raises(ConfigError, match="token_unroll"):
-        ss.sample_tokens(m, p, z, cond, opts=ss.SampleOptions(token_unroll=0))
     mu, pu, _ = _setup("sos_uncond")
     with pytest.raises(ValueError, match="unconditional"):
         ss.sample_tokens(mu, pu, z, jnp.array([0, 1, 2]))

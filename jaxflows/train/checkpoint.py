@@ -12,7 +12,9 @@ each save is an ``ocp.args.Composite`` of
 Saves are async and atomic (Orbax writes to a temporary directory and renames it on commit), the
 latest ``keep`` checkpoints are preserved plus the best one by the validation metric. A checkpoint
 that fails to restore (partial or corrupt) is skipped with a warning for the previous one, and
-moved to ``WORKDIR/corrupt_checkpoints`` so the resumed run can save that step again.
+moved to ``WORKDIR/corrupt_checkpoints`` so the resumed run can save that step again. A
+checkpoint whose saved arrays do not fit the model the config builds (an override that changes a
+size) is not corrupt: restoring it raises :class:`CheckpointMismatchError`, naming the array.
 """
 
 from __future__ import annotations
@@ -26,9 +28,50 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxflows.errors import UserError
 from jaxflows.train.state import TrainState
 
 _ITEMS = ("state", "data", "loop", "config")
+
+
+class CheckpointMismatchError(UserError):
+    """No checkpoint of the workdir fits the state the config builds (shapes or structure)."""
+
+
+def _path_names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def state_mismatch(state_dir: str, abstract_state: Any) -> str | None:
+    """How the arrays saved in ``state_dir`` (one checkpoint's ``state`` item) differ from
+    ``abstract_state``'s: the first missing, extra or differently shaped array, e.g.
+    ``'params/encoder/kernel: saved (8, 64), this config (3, 64)'``; None when they fit or when
+    the saved metadata cannot be read (then a restore attempt decides)."""
+    absl = logging.getLogger("absl")  # Orbax warns that the per-item metadata file is absent
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        meta = ocp.StandardCheckpointer().metadata(state_dir)
+    except Exception:  # noqa: BLE001  (unreadable metadata: leave it to the restore)
+        return None
+    finally:
+        absl.setLevel(level)
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
+    if tree is None:
+        return None
+    saved = {_path_names(p): tuple(getattr(leaf, "shape", ()) or ())
+             for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    wanted = {_path_names(p): tuple(leaf.shape)
+              for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    for key in sorted(set(saved) | set(wanted)):
+        name = "/".join(key)
+        if key not in saved:
+            return f"{name}: not in the checkpoint"
+        if key not in wanted:
+            return f"{name}: saved, but not part of this config's model"
+        if saved[key] != wanted[key]:
+            return f"{name}: saved {saved[key]}, this config {wanted[key]}"
+    return None
 
 
 class Checkpointer:
@@ -72,9 +115,22 @@ class Checkpointer:
 
         Returns ``(step, state, data_state, loop)`` or None when there is none. A checkpoint
         that fails to read is skipped with a warning, falling back to the previous one.
+
+        Raises:
+          CheckpointMismatchError: the newest readable checkpoint's arrays (from its metadata)
+            do not fit ``abstract_state``: the config builds another model. Nothing is moved.
         """
         bad = []
         for step in sorted(self.manager.all_steps(), reverse=True):
+            differs = state_mismatch(os.path.join(self.directory, str(step), "state"),
+                                     abstract_state)
+            if differs:
+                raise CheckpointMismatchError(
+                    f"the checkpoint at step {step} in {self.directory} does not fit the model "
+                    f"this config builds ({differs})",
+                    hint="the workdir's config.json is the config that trained it; an override "
+                         "that changes the model's sizes or structure (e.g. "
+                         "--config.model.latent_dim) cannot restore it")
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),

@@ -1,5 +1,6 @@
-"""``make demo``: prepare the embedded digits data, train every smoke config, print a results
-table, and write sample (and reconstruction) PNGs.
+"""``make demo``: prepare the embedded digits data, train three smoke configs (the VAE, the
+ccLinIAF VAE and TarFlow: :data:`DEMO_RUNS`), print a results table, and write sample (and
+reconstruction) PNGs.
 
     python -m jaxflows.demo --out demo_out
 

@@ -55,7 +55,15 @@ def test_missing_dataset_names_the_prepare_command(tmp_path):
                                 data_dir=tmp_path / "empty"))
     assert "dataset mnist is not prepared" in line
     assert "jaxflows data prepare mnist" in line
-    assert not os.path.exists(tmp_path / "w" / "config.json")  # nothing written
+    assert not os.path.exists(tmp_path / "w")  # nothing written, not even the lock
+
+
+def test_token_dataset_not_prepared_names_the_prepare_command(tmp_path):
+    """A config whose data transforms need the prepared metadata (pad_tokens' max_length)."""
+    line = _one_error_line(_cli("info", "--config", "experiments/configs/seqflow_moses.py:paper",
+                                "--no_compile", data_dir=tmp_path / "empty"))
+    assert "dataset moses_selfies is not prepared" in line and "pad_tokens" in line
+    assert "jaxflows data prepare moses_selfies" in line
 
 
 def test_embedded_digits_prepare_themselves_on_first_use(tmp_path):
@@ -89,6 +97,15 @@ def test_table_renders_results(tmp_path):
     assert "`python x.py`" in out.stdout
     line = _one_error_line(_cli("table", "nope", "--results_dir", str(tmp_path)))
     assert "no results file" in line and "demo" in line
+
+
+def test_table_finds_the_repository_results_from_any_directory(tmp_path, monkeypatch):
+    from jaxflows.eval.tables import default_results_dir, render_table
+
+    monkeypatch.chdir(tmp_path)
+    found = default_results_dir()
+    assert os.path.isabs(found) and os.path.isfile(os.path.join(found, "vae_mnist.json"))
+    assert render_table("vae_mnist").startswith("### ")
 
 
 @pytest.mark.parametrize("sub", ["eval", "sample"])

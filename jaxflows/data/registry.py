@@ -157,6 +157,19 @@ def prepare(
     return _split_sizes(builder)
 
 
+def require_prepared(name: str, data_dir: str | os.PathLike | None = None,
+                     why: str = "") -> None:
+    """Raises :class:`DatasetNotPreparedError` (with the command that prepares it, and ``why``
+    it is needed now) unless dataset ``name`` is prepared in ``data_dir``; an embedded dataset
+    prepares itself."""
+    try:
+        _prepared_builder(name, data_dir)
+    except DatasetNotPreparedError as e:
+        if not why:
+            raise
+        raise DatasetNotPreparedError(f"{e.args[0]}: {why}", hint=e.hint) from None
+
+
 def _tfds_builder(name: str, data_dir: str):
     """A read-only TFDS builder for ``name`` prepared in ``data_dir``, or None."""
     base = name.split(":")[0].split("/")[0]

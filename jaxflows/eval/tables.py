@@ -15,6 +15,16 @@ from jaxflows.errors import UserError
 DEFAULT_RESULTS_DIR = os.path.join("experiments", "results")
 
 
+def default_results_dir() -> str:
+    """``experiments/results`` under the current directory, else that of the repository this
+    package was installed from (an editable install or a clone), else the relative path."""
+    if os.path.isdir(DEFAULT_RESULTS_DIR):
+        return DEFAULT_RESULTS_DIR
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    here = os.path.join(repo, DEFAULT_RESULTS_DIR)
+    return here if os.path.isdir(here) else DEFAULT_RESULTS_DIR
+
+
 def _fmt(value) -> str:
     if value is None:
         return "–"
@@ -42,7 +52,7 @@ def render_rows(rows: list[dict], columns: list[str] | None = None) -> str:
 def render_table(name: str, results_dir: str | None = None, rows_key: str = "rows") -> str:
     """Markdown for one results file: provenance lines, then the table of ``results[rows_key]``
     (``rows`` by default; another list of dicts, e.g. a per-task summary, when given)."""
-    path = os.path.join(results_dir or DEFAULT_RESULTS_DIR, f"{name}.json")
+    path = os.path.join(results_dir or default_results_dir(), f"{name}.json")
     if not os.path.exists(path):
         known = sorted(f[:-5] for f in os.listdir(os.path.dirname(path) or ".")
                        if f.endswith(".json")) if os.path.isdir(os.path.dirname(path)) else []

@@ -197,7 +197,18 @@ def data_info(config) -> DataInfo:
         if split and split not in splits:
             raise ConfigError(f"config.data.{key}={split!r}: dataset {config.data.name} has "
                               f"splits {sorted(splits)}")
-    spec = transformed_spec(_transforms(config), info["element_spec"], info["metadata"])
+    try:
+        spec = transformed_spec(_transforms(config), info["element_spec"], info["metadata"])
+    except ConfigError as e:
+        if info["prepared"]:
+            raise
+        from jaxflows.data.registry import require_prepared
+
+        # e.g. pad_tokens needs the max_length that preparing a token dataset saves
+        which = str(e.args[0]).split(":")[0]
+        require_prepared(config.data.name, _data_dir(config),
+                         why=f"{which} needs the metadata that preparing it saves")
+        raise
     return DataInfo(element_spec=spec, num_train=splits[config.data.train_split],
                     num_eval=splits.get(config.data.eval_split, 0),
                     num_classes=int(info["num_classes"] or 0), metadata=info["metadata"])
@@ -408,12 +419,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool =
     check_workdir_path(workdir)
     run = build(config)
     check_resumable(workdir, config.to_dict())
+    created = not os.path.isdir(workdir)
     lock = _lock_workdir(workdir)
+    done = False
     try:
-        return _train_locked(run, config, workdir, final_eval=final_eval)
+        result = _train_locked(run, config, workdir, final_eval=final_eval)
+        done = True
+        return result
     finally:
         if lock is not None:
             lock.release()
+            if created and not done:
+                _drop_if_only_lock(workdir)
+
+
+def _drop_if_only_lock(workdir: str) -> None:
+    """Removes a workdir this run created when a failure left nothing in it but the lock
+    file (e.g. the dataset was missing), so a failed start leaves no trace."""
+    try:
+        if set(os.listdir(workdir)) <= {".lock"}:
+            if os.path.exists(os.path.join(workdir, ".lock")):
+                os.remove(os.path.join(workdir, ".lock"))
+            os.rmdir(workdir)
+    except OSError:
+        pass
 
 
 def _train_locked(run: Run, config, workdir: str, *, final_eval: bool) -> dict:

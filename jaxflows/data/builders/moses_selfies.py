@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxflows.data.builders.moses import JaxflowsMoses, validation_indices
+from jaxflows.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,12 @@ class JaxflowsMosesSelfies(JaxflowsMoses, skip_registration=True):
             num_raw[split] = len(idx)
             log.info("moses_selfies: %s keeps %d of %d (dropped %s)", split, len(keep), len(idx),
                      dropped[split] or "none")
+            if not keep.size:
+                raise UserError(
+                    f"moses_selfies: no molecule of the {split} split is left ({len(idx)} read, "
+                    f"dropped: {dropped[split] or 'none'})",
+                    hint="every split needs valid molecules whose SELFIES tokens occur in the "
+                         "training split (the vocabulary)")
 
         self.info.metadata.update({
             "vocab": vocab.to_list(),

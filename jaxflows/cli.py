@@ -154,6 +154,13 @@ def _cmd_train(args, overrides) -> None:
     from jaxflows.train import load_config, train
 
     config = load_config(args.config, overrides)
+    t = config.train
+    length = (f"{t.num_steps} steps" if t.get("num_steps", -1) > 0 else
+              f"up to {t.num_epochs:g} epochs")
+    row = "" if ":" in args.config else " (the file's default row)"
+    print(f"jaxflows train: {args.config}{row}, {length}, in {args.workdir} (resumes from its "
+          "checkpoints; progress in WORKDIR/metrics.jsonl and curves.png, -v for logs)",
+          file=sys.stderr, flush=True)
     result = train(config, args.workdir, final_eval=not args.no_eval)
     if result:
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -58,6 +58,14 @@ def test_missing_dataset_names_the_prepare_command(tmp_path):
     assert not os.path.exists(tmp_path / "w")  # nothing written, not even the lock
 
 
+def test_train_says_what_it_starts(tmp_path):
+    out = _cli("train", "--config", f"{TOY}:default", "--workdir", str(tmp_path / "w"),
+               "--config.train.num_steps=3", "--no_eval", data_dir=tmp_path / "d")
+    assert out.returncode == 0, out.stderr
+    first = out.stderr.strip().splitlines()[0]
+    assert first.startswith(f"jaxflows train: {TOY}:default, 3 steps, in {tmp_path / 'w'}")
+
+
 def test_token_dataset_not_prepared_names_the_prepare_command(tmp_path):
     """A config whose data transforms need the prepared metadata (pad_tokens' max_length)."""
     line = _one_error_line(_cli("info", "--config", "experiments/configs/seqflow_moses.py:paper",

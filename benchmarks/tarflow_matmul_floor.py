@@ -36,7 +36,6 @@ import json
 import os
 import pathlib
 import re
-import statistics
 import string
 import subprocess
 import sys
@@ -167,16 +166,10 @@ def hlo_dots(hlo: str) -> list[dict]:
 
 
 def _median_time(fn, reps: int) -> float:
-    import jax
+    """Median seconds of ``reps`` calls after three untimed ones."""
+    from tarflow_profile import _median_time as median_time
 
-    for _ in range(3):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_time(fn, reps, warmup=3)
 
 
 def jax_dot_seconds(dots: list[dict], reps: int) -> list[float]:

@@ -87,10 +87,12 @@ def parse_args(argv=None):
     return args
 
 
-def _median_time(fn, reps: int) -> float:
+def _median_time(fn, reps: int, warmup: int = 1) -> float:
+    """Median seconds of ``reps`` calls of ``fn`` after ``warmup`` untimed ones."""
     import jax
 
-    jax.block_until_ready(fn())
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
     times = []
     for _ in range(reps):
         t = time.perf_counter()

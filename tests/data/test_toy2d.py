@@ -280,7 +280,8 @@ def test_cli_group_prepares_every_config(monkeypatch, capsys, tmp_path):
 
     seen = []
     monkeypatch.setattr(data_cli, "prepare_command",
-                        lambda name, data_dir=None: seen.append(name) or [f"{name}: ok"])
+                        lambda name, data_dir=None, source_path=None: seen.append(name)
+                        or [f"{name}: ok"])
     assert cli.main(["data", "prepare", "toy2d", "--data_dir", str(tmp_path)]) in (0, None)
     assert seen == [f"toy2d/{n}" for n in NAMES]
     assert capsys.readouterr().out.count(": ok") == 6

@@ -76,8 +76,12 @@ def test_dot_einsum_matches_dot_general(floor):
     np.testing.assert_allclose(jnp.einsum(spec_t, x, w), want.T, rtol=1e-6)
 
 
-def test_the_grad_of_the_small_config_is_read_whole(floor):
-    _, xla_flops, hlo = floor.grad_and_hlo("small16", steps=1)
+def test_the_grad_of_a_tarflow_is_read_whole(floor, monkeypatch):
+    import tarflow_profile
+
+    # a tiny config of the same form: 8x8x1 images, patch 2, width 64, 2 blocks x 2 layers
+    monkeypatch.setitem(tarflow_profile.CONFIGS, "tiny", ((8, 8, 1), 2, 64, 2, 2, 0, 4, 1.0))
+    _, xla_flops, hlo = floor.grad_and_hlo("tiny", steps=1)
     dots = floor.hlo_dots(hlo)
     gflop = sum(d["flops"] * d["count"] for d in dots)
     # the dots hold almost all of XLA's flop count (the rest is elementwise work)
